@@ -1,0 +1,149 @@
+"""One settings object, from a TOML file, the environment and flags, validated once.
+
+Precedence: command-line flag > environment (BROKER_<NAME>) > config file > default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_STATE_DIR = Path("/var/lib/vm-console-broker")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:6080"
+    uds: str | None = None
+    uds_mode: int = 0o660
+    connect: str = "qemu:///system"
+    state_dir: Path = DEFAULT_STATE_DIR
+    public_url: str | None = None
+    api_keys: tuple[str, ...] = ()
+    token_ttl: float = 60.0
+    token_max_ttl: float = 600.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    max_message_size: int = 1024 * 1024
+    log_level: str = "info"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.state_dir / "api-key"
+
+    @property
+    def server_file(self) -> Path:
+        """Where a running server says how to reach it, for the CLI on the same host."""
+        return self.state_dir / "server.json"
+
+
+_NAMES = {f.name for f in fields(Settings)}
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **flags: Any,
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    config_file = config_file or environ.get("BROKER_CONFIG")
+    if config_file:
+        raw.update(_read_file(Path(config_file)))
+    for name in _NAMES:
+        value = environ.get(f"BROKER_{name.upper()}")
+        if value is not None and value != "":
+            raw[name] = value
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    return _validate(raw)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - _NAMES
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return data
+
+
+def _validate(raw: dict[str, Any]) -> Settings:
+    s = Settings()
+    try:
+        s = replace(
+            s,
+            listen=str(raw.get("listen", s.listen)),
+            uds=str(raw["uds"]) if raw.get("uds") else None,
+            uds_mode=_mode(raw.get("uds_mode", s.uds_mode)),
+            connect=str(raw.get("connect", s.connect)),
+            state_dir=Path(raw.get("state_dir", s.state_dir)),
+            public_url=str(raw["public_url"]).rstrip("/") if raw.get("public_url") else None,
+            api_keys=_keys(raw.get("api_keys", ())),
+            token_ttl=_positive("token_ttl", raw.get("token_ttl", s.token_ttl)),
+            token_max_ttl=_positive("token_max_ttl", raw.get("token_max_ttl", s.token_max_ttl)),
+            ping_interval=_non_negative("ping_interval", raw.get("ping_interval", s.ping_interval)),
+            ping_timeout=_positive("ping_timeout", raw.get("ping_timeout", s.ping_timeout)),
+            max_message_size=int(_positive("max_message_size", raw.get("max_message_size", s.max_message_size))),
+            log_level=str(raw.get("log_level", s.log_level)).lower(),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    if not s.uds:
+        try:
+            s.host_port
+        except ValueError:
+            raise ConfigError(f"listen must be HOST:PORT, got {s.listen!r}") from None
+    if s.token_ttl > s.token_max_ttl:
+        raise ConfigError(f"token_ttl ({s.token_ttl:g}) is larger than token_max_ttl ({s.token_max_ttl:g})")
+    if s.public_url and not s.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"public_url must start with http:// or https://, got {s.public_url!r}")
+    if s.log_level not in {"critical", "error", "warning", "info", "debug"}:
+        raise ConfigError(f"log_level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
+    return s
+
+
+def _positive(name: str, value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
+    return number
+
+
+def _non_negative(name: str, value: Any) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"{name} must be 0 (off) or more, got {value!r}")
+    return number
+
+
+def _mode(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    return int(str(value), 8)
+
+
+def _keys(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [k for k in value.split(",")]
+    keys = tuple(str(k).strip() for k in value if str(k).strip())
+    for key in keys:
+        if len(key) < 16:
+            raise ValueError("every API key must be at least 16 characters long")
+    return keys

@@ -1,0 +1,70 @@
+"""Every way a console request can fail, as values.
+
+Each failure has one WebSocket close code (4xxx, sent with a human reason so the
+browser never sees a bare 1006), one HTTP status for the REST API, and a stable
+slug for JSON error bodies. The table in README.md is generated from nothing:
+keep it in step with this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Failure:
+    slug: str
+    close_code: int
+    http_status: int
+    summary: str
+
+
+TOKEN_MISSING = Failure("token_missing", 4100, 401, "No console token was given.")
+TOKEN_INVALID = Failure("token_invalid", 4101, 401, "This console link is not valid.")
+TOKEN_EXPIRED = Failure("token_expired", 4102, 401, "This console link has expired; ask for a new one.")
+TOKEN_USED = Failure("token_used", 4103, 401, "This console link was already used; ask for a new one.")
+
+DOMAIN_NOT_FOUND = Failure("domain_not_found", 4200, 404, "The virtual machine does not exist (any more).")
+DOMAIN_NOT_RUNNING = Failure("domain_not_running", 4201, 409, "The virtual machine is not running.")
+NO_CONSOLE = Failure("no_console", 4202, 409, "The virtual machine has no VNC console.")
+CONSOLE_UNREACHABLE = Failure("console_unreachable", 4203, 502, "The VNC console could not be reached.")
+LIBVIRT_UNAVAILABLE = Failure("libvirt_unavailable", 4204, 503, "libvirt is not reachable right now.")
+LIBVIRT_ERROR = Failure("libvirt_error", 4205, 502, "libvirt refused the request.")
+
+VM_STOPPED = Failure("vm_stopped", 4300, 410, "The virtual machine stopped.")
+CONSOLE_CLOSED = Failure("console_closed", 4301, 502, "The VNC server closed the connection.")
+UNSUPPORTED_DATA = Failure("unsupported_data", 4302, 400, "Only binary WebSocket messages are relayed.")
+
+# REST-only failures (never a WebSocket close).
+UNAUTHORIZED = Failure("unauthorized", 0, 401, "A valid API key is required (Authorization: Bearer <key>).")
+INVALID_INPUT = Failure("invalid_input", 0, 422, "The request is not valid.")
+
+ALL_FAILURES = [value for value in dict(globals()).values() if isinstance(value, Failure)]
+
+
+class BrokerError(Exception):
+    """A failure with an optional detail a person can act on."""
+
+    def __init__(self, failure: Failure, detail: str | None = None) -> None:
+        self.failure = failure
+        self.detail = detail
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return self.detail or self.failure.summary
+
+    @property
+    def close_reason(self) -> str:
+        """The reason sent in a close frame: at most 123 bytes of UTF-8."""
+        return truncate_reason(self.message)
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.failure.slug, "message": self.message}}
+
+
+def truncate_reason(text: str, limit: int = 123) -> str:
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "..."

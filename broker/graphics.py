@@ -1,0 +1,115 @@
+"""Where a domain's VNC consoles are, parsed from its live libvirt XML.
+
+Pure: takes XML text, returns typed endpoints. Knows nothing of sockets or libvirt
+connections, so every variant is unit-tested from literal XML.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+# An address QEMU listens on for every interface; we always connect over loopback.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+@dataclass(frozen=True)
+class TcpEndpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"vnc://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UnixEndpoint:
+    path: str
+
+    def __str__(self) -> str:
+        return f"vnc+unix://{self.path}"
+
+
+@dataclass(frozen=True)
+class FdEndpoint:
+    """No listener: libvirt hands us a connected socket (virDomainOpenGraphicsFD)."""
+
+    index: int
+
+    def __str__(self) -> str:
+        return f"vnc+fd://graphics/{self.index}"
+
+
+Endpoint = TcpEndpoint | UnixEndpoint | FdEndpoint
+
+
+@dataclass(frozen=True)
+class VncConsole:
+    """One `<graphics type='vnc'>` device.
+
+    `index` counts every `<graphics>` element of the domain (VNC or not), because
+    that is the index virDomainOpenGraphicsFD takes. `endpoint` is None while the
+    console cannot be reached, with `unavailable` saying why.
+    """
+
+    index: int
+    endpoint: Endpoint | None
+    unavailable: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+class GraphicsXMLError(ValueError):
+    """The domain XML could not be read as libvirt domain XML."""
+
+
+def parse_graphics(xml: str) -> list[VncConsole]:
+    """Return the VNC consoles of a domain, in device order (possibly empty)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise GraphicsXMLError(f"domain XML is not well-formed: {exc}") from None
+    if root.tag != "domain":
+        raise GraphicsXMLError(f"expected <domain>, got <{root.tag}>")
+    devices = root.find("devices")
+    if devices is None:
+        return []
+    consoles = []
+    for index, graphics in enumerate(devices.findall("graphics")):
+        if graphics.get("type") == "vnc":
+            consoles.append(_parse_vnc(index, graphics))
+    return consoles
+
+
+def _parse_vnc(index: int, graphics: ET.Element) -> VncConsole:
+    password = graphics.get("passwd")
+    listen = graphics.find("listen")
+    listen_type = listen.get("type") if listen is not None else None
+
+    socket_path = graphics.get("socket") or (
+        listen.get("socket") if listen is not None and listen_type == "socket" else None
+    )
+    if socket_path:
+        return VncConsole(index, UnixEndpoint(socket_path), password=password)
+    if listen_type == "socket":
+        # libvirt picks the path itself when the domain starts.
+        return VncConsole(index, None, "the VNC socket path is assigned when the domain starts", password)
+    if listen_type == "none":
+        return VncConsole(index, FdEndpoint(index), password=password)
+
+    port = _parse_port(graphics.get("port"))
+    if port is None:
+        return VncConsole(index, None, "the VNC port is assigned when the domain starts", password)
+    address = graphics.get("listen")
+    if address is None and listen is not None:
+        address = listen.get("address")
+    address = _WILDCARDS.get(address or "", address or "127.0.0.1")
+    return VncConsole(index, TcpEndpoint(address, port), password=password)
+
+
+def _parse_port(text: str | None) -> int | None:
+    try:
+        port = int(text or "-1")
+    except ValueError:
+        return None
+    return port if 0 < port < 65536 else None

@@ -1,0 +1,79 @@
+"""The byte pump between a browser's WebSocket and a VNC stream.
+
+Knows nothing of libvirt or tokens: it gets an accepted WebSocket and an open
+stream, moves bytes both ways until one side ends, and says which side it was.
+
+Backpressure both ways, no unbounded queue: each direction is one loop that
+reads a bounded chunk and awaits the write before reading again (the WebSocket
+send waits for uvicorn's transport to drain; the stream write awaits drain()).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+
+from starlette.websockets import WebSocket
+
+READ_SIZE = 64 * 1024
+
+
+class RelayEnd(enum.Enum):
+    CLIENT_CLOSED = "client closed"
+    BACKEND_CLOSED = "backend closed"
+    CLIENT_SENT_TEXT = "client sent a text message"
+
+
+async def relay(
+    websocket: WebSocket,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    *,
+    read_size: int = READ_SIZE,
+) -> RelayEnd:
+    """Relay until one side ends; close the stream (not the WebSocket) and say why it ended."""
+    upstream = asyncio.create_task(_client_to_backend(websocket, writer))
+    downstream = asyncio.create_task(_backend_to_client(reader, websocket, read_size))
+    try:
+        done, _pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (upstream, downstream):
+            task.cancel()
+        await asyncio.gather(upstream, downstream, return_exceptions=True)
+        writer.close()
+    # If both finished together, the client's end is the one to report.
+    for task in (upstream, downstream):
+        if task in done and not task.cancelled() and task.exception() is None:
+            return task.result()
+    return RelayEnd.CLIENT_CLOSED
+
+
+async def _client_to_backend(websocket: WebSocket, writer: asyncio.StreamWriter) -> RelayEnd:
+    receive = websocket.receive
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return RelayEnd.CLIENT_CLOSED
+        data = message.get("bytes")
+        if data is None:
+            return RelayEnd.CLIENT_SENT_TEXT
+        writer.write(data)
+        try:
+            await writer.drain()
+        except (ConnectionError, OSError):
+            return RelayEnd.BACKEND_CLOSED
+
+
+async def _backend_to_client(reader: asyncio.StreamReader, websocket: WebSocket, read_size: int) -> RelayEnd:
+    send = websocket.send
+    while True:
+        try:
+            data = await reader.read(read_size)
+        except (ConnectionError, OSError):
+            data = b""
+        if not data:
+            return RelayEnd.BACKEND_CLOSED
+        try:
+            await send({"type": "websocket.send", "bytes": data})
+        except Exception:  # uvicorn raises ClientDisconnected, Starlette a RuntimeError
+            return RelayEnd.CLIENT_CLOSED

@@ -1,0 +1,133 @@
+"""`broker serve`: wire settings, libvirt, tokens and the app into one uvicorn process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import os
+import secrets
+import socket
+import stat
+from pathlib import Path
+
+import uvicorn
+
+from .app import Broker, create_app
+from .config import Settings
+from .consoles import LibvirtConsoles
+from .logs import logging_config
+from .tokens import MemoryTokenStore, Tokens
+
+log = logging.getLogger("broker.server")
+
+
+def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
+    """Configured keys, else the host's own key file, created (0600) on first start."""
+    if settings.api_keys:
+        return settings.api_keys
+    path = settings.api_key_file
+    settings.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if len(key) < 16:
+            raise SystemExit(f"broker: {path} holds no usable API key; delete it to get a new one") from None
+        return (key,)
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    log.info("created an API key in %s (mode 0600)", path)
+    return (key,)
+
+
+def bind_socket(settings: Settings) -> tuple[socket.socket, dict[str, str]]:
+    """Bind the listening socket ourselves, so a UNIX socket gets its mode before anyone can connect."""
+    if settings.uds:
+        path = Path(settings.uds)
+        _remove_stale_socket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, settings.uds_mode)
+        where = {"uds": str(path)}
+    else:
+        host, port = settings.host_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        where = {"url": f"http://{shown}:{port}"}
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock, where
+
+
+def _remove_stale_socket(path: Path) -> None:
+    if not path.exists():
+        return
+    if not stat.S_ISSOCK(path.stat().st_mode):
+        raise SystemExit(f"broker: {path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: left over from an earlier run
+    else:
+        raise SystemExit(f"broker: another server already listens on {path}")
+    finally:
+        probe.close()
+
+
+def serve(settings: Settings) -> None:
+    logging.config.dictConfig(logging_config(settings.log_level))
+    keys = ensure_api_keys(settings)
+    consoles = LibvirtConsoles(settings.connect)
+    tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
+    app = create_app(Broker(consoles, tokens, keys, settings.public_url))
+    sock, where = bind_socket(settings)
+    config = uvicorn.Config(
+        app,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_size,
+        ws_ping_interval=settings.ping_interval or None,
+        ws_ping_timeout=settings.ping_timeout,
+        ws_per_message_deflate=False,  # VNC encodings compress already; deflate only burns CPU
+        log_config=logging_config(settings.log_level),
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+    server_file = _write_server_file(settings, where)
+    log.info("broker listening on %s, libvirt %s", where.get("url") or where.get("uds"), settings.connect)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        consoles.close()
+        _remove_server_file(server_file)
+        if settings.uds:
+            Path(settings.uds).unlink(missing_ok=True)
+
+
+def _write_server_file(settings: Settings, where: dict[str, str]) -> Path:
+    path = settings.server_file
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**where, "pid": os.getpid()}) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _remove_server_file(path: Path) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,57 @@
+"""Session-wide real parts: one libvirt connection, a few shared QEMU domains, one broker process.
+
+Every domain is named broker-test-* and removed at the end; the broker process is
+stopped with SIGTERM. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from support import vms
+from support.processes import BrokerProcess, start_broker
+
+
+@pytest.fixture(scope="session")
+def conn() -> Iterator[libvirt.virConnect]:
+    connection = vms.connect()
+    vms.remove_all_test_domains(connection)
+    yield connection
+    vms.remove_all_test_domains(connection)
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def socket_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vnc-sockets")
+
+
+@pytest.fixture(scope="session")
+def tcp_vm(conn: libvirt.virConnect) -> libvirt.virDomain:
+    return vms.define(conn, "broker-test-tcp", vms.TCP)
+
+
+@pytest.fixture(scope="session")
+def unix_vm(conn: libvirt.virConnect, socket_dir: Path) -> libvirt.virDomain:
+    return vms.define(conn, "broker-test-unix", vms.unix_at(str(socket_dir / "unix.sock")))
+
+
+@pytest.fixture(scope="session")
+def fd_vm(conn: libvirt.virConnect) -> libvirt.virDomain:
+    return vms.define(conn, "broker-test-fd", vms.NO_LISTENER)
+
+
+@pytest.fixture(scope="session")
+def off_vm(conn: libvirt.virConnect) -> libvirt.virDomain:
+    return vms.define(conn, "broker-test-off", vms.TCP, start=False)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) -> Iterator[BrokerProcess]:
+    process = start_broker(tmp_path_factory.mktemp("broker-state"))
+    yield process
+    process.stop()

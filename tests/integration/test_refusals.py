@@ -1,0 +1,119 @@
+"""Every refusal closes with its own code and a reason a person can read."""
+
+from __future__ import annotations
+
+import time
+
+import libvirt
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from support import vms
+from support.processes import BrokerProcess
+
+pytestmark = pytest.mark.integration
+
+
+def close_of(url: str, timeout: float = 10) -> tuple[int, str, bytes]:
+    """Connect and read until closed; return (code, reason, bytes received before)."""
+    received = b""
+    with connect(url, open_timeout=10) as ws:
+        try:
+            while True:
+                message = ws.recv(timeout=timeout)
+                received += message if isinstance(message, bytes) else message.encode()
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None, "closed without a close frame"
+            return closed.rcvd.code, closed.rcvd.reason, received
+    raise AssertionError("unreachable")
+
+
+def mint(broker: BrokerProcess, domain: str, **body: object) -> dict:
+    response = broker.api("POST", f"/api/v1/domains/{domain}/console", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_used_token_is_refused(broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
+    url = mint(broker, tcp_vm.name())["websocket_url"]
+    with connect(url) as first:
+        assert first.recv(timeout=10).startswith(b"RFB ")
+        code, reason, data = close_of(url)
+    assert (code, data) == (4103, b"")
+    assert "already used" in reason
+
+
+def test_expired_token_is_refused(broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
+    url = mint(broker, tcp_vm.name(), ttl=1)["websocket_url"]
+    time.sleep(1.2)
+    code, reason, data = close_of(url)
+    assert (code, data) == (4102, b"")
+    assert "expired" in reason
+
+
+def test_forged_token_is_refused(broker: BrokerProcess) -> None:
+    code, reason, _ = close_of(f"{broker.ws_url}/websockify?token={'A' * 43}")
+    assert code == 4101 and "not valid" in reason
+
+
+def test_missing_token_is_refused(broker: BrokerProcess) -> None:
+    code, reason, _ = close_of(f"{broker.ws_url}/websockify")
+    assert code == 4100 and reason
+
+
+def test_shut_off_domain_is_a_clear_error(broker: BrokerProcess, off_vm: libvirt.virDomain) -> None:
+    response = broker.api("POST", f"/api/v1/domains/{off_vm.name()}/console")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "domain_not_running"
+    result = broker.cli("token", off_vm.name())
+    assert result.returncode == 1
+    assert result.stderr.startswith("broker: ") and "not running" in result.stderr
+
+
+def test_unknown_domain_is_a_clear_error(broker: BrokerProcess) -> None:
+    response = broker.api("POST", "/api/v1/domains/no-such-vm/console")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "domain_not_found"
+    result = broker.cli("token", "no-such-vm")
+    assert result.returncode == 1
+    assert "no-such-vm" in result.stderr and "domain_not_found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_vm_destroyed_mid_session_closes_with_vm_stopped(broker: BrokerProcess, conn: libvirt.virConnect) -> None:
+    dom = vms.define(conn, "broker-test-victim", vms.TCP)
+    try:
+        url = mint(broker, dom.name())["websocket_url"]
+        with connect(url) as ws:
+            assert ws.recv(timeout=10).startswith(b"RFB ")
+            started = time.monotonic()
+            dom.destroy()
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=5)
+            elapsed = time.monotonic() - started
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4300, closed.value.rcvd
+        assert "stopped" in closed.value.rcvd.reason
+        assert elapsed < 2.0, f"close took {elapsed:.2f}s"
+    finally:
+        vms.remove(conn, dom.name())
+
+
+def test_token_for_a_stopped_vm_never_reaches_the_vm_on_its_port(broker: BrokerProcess, conn: libvirt.virConnect) -> None:
+    """CVE-2013-0335: A's token must not open B, which took A's freed VNC port."""
+    vm_a = vms.define(conn, "broker-test-cve-a", vms.TCP)
+    try:
+        port = vms.vnc_port(vm_a)
+        assert port > 0
+        url = mint(broker, vm_a.name(), ttl=120)["websocket_url"]
+        vm_a.destroy()
+        vm_b = vms.define(conn, "broker-test-cve-b", vms.tcp_on(port))
+        assert vms.vnc_port(vm_b) == port
+        code, reason, data = close_of(url)
+        assert code == 4201, (code, reason)
+        assert data == b"", "bytes from B's VNC server reached A's token holder"
+    finally:
+        vms.remove(conn, "broker-test-cve-a")
+        vms.remove(conn, "broker-test-cve-b")

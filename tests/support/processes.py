@@ -1,0 +1,96 @@
+"""Start the broker as a real process and always stop it again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BROKER = [sys.executable, "-m", "broker"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class BrokerProcess:
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    log_path: Path
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_key(self) -> str:
+        return (self.state_dir / "api-key").read_text().strip()
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url[len("http"):]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run `broker …` as a user on this host would: no flags pointing at the server."""
+        return subprocess.run(
+            [*BROKER, *args], env=self.env, capture_output=True, text=True, timeout=30, check=check
+        )
+
+    def api(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        return httpx.request(method, self.url + path, headers=headers, timeout=15, **kwargs)  # type: ignore[arg-type]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_broker(state_dir: Path, *args: str, extra_env: dict[str, str] | None = None) -> BrokerProcess:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "BROKER_STATE_DIR": str(state_dir), **(extra_env or {})}
+    env.pop("BROKER_API_KEY", None)
+    env.pop("BROKER_SERVER", None)
+    if not any(a in args for a in ("--listen", "--uds")):
+        args = (*args, "--listen", f"127.0.0.1:{free_port()}")
+    log_path = state_dir / "broker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([*BROKER, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    server_file = state_dir / "server.json"
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode}:\n{log_path.read_text()}")
+        if server_file.exists():
+            where = json.loads(server_file.read_text())
+            url = where.get("url", "http://localhost")
+            try:
+                if where.get("uds"):
+                    transport = httpx.HTTPTransport(uds=where["uds"])
+                    httpx.Client(transport=transport).get("http://localhost/healthz", timeout=2)
+                else:
+                    httpx.get(url + "/healthz", timeout=2)
+                return BrokerProcess(process, state_dir, log_path, url, env)
+            except httpx.TransportError:
+                pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"broker did not come up in 20 s:\n{log_path.read_text()}")
+        time.sleep(0.05)
