@@ -3,32 +3,48 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import html
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Protocol
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from .consoles import DomainInfo, Stream
 from .errors import (
     CONSOLE_CLOSED,
     INVALID_INPUT,
+    ORIGIN_REFUSED,
     UNAUTHORIZED,
     UNSUPPORTED_DATA,
     VM_STOPPED,
     BrokerError,
 )
 from .relay import RelayEnd, relay
-from .tokens import ConsoleRef, MintedToken, Tokens
+from .sessions import COOKIE_NAME, ConsoleSessions
+from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
 
 log = logging.getLogger("broker.app")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# The console page and its links: never cached, never leak the URL onwards.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'self'",
+}
 
 # How long a backend EOF may wait for libvirt to report the domain stopped before
 # we call it "the VNC server closed the connection" instead.
@@ -38,6 +54,7 @@ STOP_CONFIRM_SECONDS = 1.5
 class ConsoleSource(Protocol):
     """What the app needs from a console source (libvirt today, static targets later)."""
 
+    def on_domain_ended(self, callback: Callable[[str], None]) -> None: ...
     async def healthy(self) -> tuple[bool, str]: ...
     async def list_domains(self) -> list[DomainInfo]: ...
     async def find(self, ident: str) -> DomainInfo: ...
@@ -54,13 +71,32 @@ class Broker:
         tokens: Tokens,
         api_keys: tuple[str, ...],
         public_url: str | None = None,
+        *,
+        sessions: ConsoleSessions | None = None,
+        allowed_origins: tuple[str, ...] = (),
+        web_dir: Path = WEB_DIR,
     ) -> None:
         if not api_keys:
             raise ValueError("at least one API key is required")
         self.consoles = consoles
         self.tokens = tokens
+        self.sessions = sessions or ConsoleSessions(MemoryTokenStore())
         self.api_keys = tuple(k.encode() for k in api_keys)
         self.public_url = public_url
+        self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self.web_dir = web_dir
+        # Live sessions by domain UUID: set their event to end them with VM_STOPPED.
+        self.live: dict[str, set[asyncio.Event]] = {}
+        consoles.on_domain_ended(self.domain_ended)
+
+    def domain_ended(self, uuid: str) -> None:
+        """The domain stopped, crashed or was undefined: end its sessions, spend its links."""
+        sessions = self.live.get(uuid, set())
+        for stop in sessions:
+            stop.set()
+        revoked = self.tokens.revoke(uuid)
+        if sessions or revoked:
+            log.info("domain %s ended: closing %d session(s), revoking %d unused link(s)", uuid, len(sessions), revoked)
 
     # -- HTTP ------------------------------------------------------------------------
 
@@ -105,7 +141,7 @@ class Broker:
             "token": minted.token,
             "console_url": f"{base}/console?token={minted.token}",
             "websocket_url": f"{ws_base}/websockify?token={minted.token}",
-            "expires_at": datetime.fromtimestamp(minted.grant.expires_at, timezone.utc).isoformat(timespec="seconds"),
+            "expires_at": _iso(minted.grant.expires_at),
             "domain": {"name": domain.name, "uuid": domain.uuid},
         }
 
@@ -114,23 +150,98 @@ class Broker:
             return self.public_url
         return str(request.base_url).rstrip("/")
 
+    # -- console page ------------------------------------------------------------------
+
+    async def open_console_link(self, request: Request) -> Response:
+        """Spend the link's token, hand out a session cookie, and move to a URL without the token."""
+        try:
+            grant = self.tokens.redeem(request.query_params.get("token"))
+        except BrokerError as exc:
+            return self.error_page(exc)
+        session_id, session = self.sessions.open(grant)
+        uuid = grant.console.uuid
+        # Relative, so it stays right under any sub-path a proxy adds.
+        response = RedirectResponse(f"console/{uuid}/", status_code=303, headers=PAGE_HEADERS)
+        response.set_cookie(
+            COOKIE_NAME,
+            session_id,
+            max_age=int(self.sessions.window),
+            path=f"{request.scope.get('root_path', '')}/console/{uuid}/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        log.info("console link for %s exchanged for a session from %s", grant.name, _client(request))
+        return response
+
+    async def console_page(self, request: Request) -> Response:
+        page = self.web_dir / "console.html"
+        if not page.is_file():
+            return HTMLResponse("The console page is not installed (web/console.html is missing).", status_code=503)
+        return FileResponse(page, headers=PAGE_HEADERS)
+
+    async def console_session(self, request: Request) -> Response:
+        session = self.sessions.check(request.cookies.get(COOKIE_NAME), request.path_params["uuid"])
+        return JSONResponse(
+            {
+                "domain": {"name": session.name, "uuid": session.console.uuid},
+                "expires_at": _iso(session.expires_at),
+            },
+            headers=PAGE_HEADERS,
+        )
+
+    def error_page(self, error: BrokerError) -> Response:
+        template_path = self.web_dir / "error.html"
+        title = "Cannot open the console"
+        if template_path.is_file():
+            page = (
+                template_path.read_text()
+                .replace("{{title}}", html.escape(title))
+                .replace("{{message}}", html.escape(error.message))
+                .replace("{{static}}", "static")
+            )
+        else:
+            page = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{html.escape(error.message)}</p>"
+        return HTMLResponse(page, status_code=error.failure.http_status, headers=PAGE_HEADERS)
+
     # -- WebSocket -------------------------------------------------------------------
 
     async def websockify(self, websocket: WebSocket) -> None:
+        """noVNC's default path: the single-use token is in the query."""
+        await self.serve_console(websocket, lambda: self.tokens.redeem(websocket.query_params.get("token")))
+
+    async def console_websocket(self, websocket: WebSocket) -> None:
+        """The console page's socket: authenticated by the session cookie, reusable within its window."""
+        uuid = websocket.path_params["uuid"]
+        await self.serve_console(websocket, lambda: self.sessions.check(websocket.cookies.get(COOKIE_NAME), uuid))
+
+    async def serve_console(self, websocket: WebSocket, authorize: Callable[[], Grant]) -> None:
         """Accept first, so that every refusal can carry its own close code and reason."""
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol="binary" if "binary" in offered else None)
         client = _client(websocket)
         try:
-            grant = self.tokens.redeem(websocket.query_params.get("token"))
+            if not self.origin_allowed(websocket):
+                raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']}.")
+            grant = authorize()
             domain, stream = await self.consoles.open(grant.console)
         except BrokerError as exc:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
             await _close(websocket, exc)
             return
         log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
-        end = await relay(websocket, stream.reader, stream.writer)
-        if end is RelayEnd.BACKEND_CLOSED:
+        stop = asyncio.Event()
+        self.live.setdefault(domain.uuid, set()).add(stop)
+        try:
+            end = await relay(websocket, stream.reader, stream.writer, stop=stop)
+        finally:
+            live = self.live.get(domain.uuid, set())
+            live.discard(stop)
+            if not live:
+                self.live.pop(domain.uuid, None)
+        if end is RelayEnd.STOPPED:
+            await _close(websocket, BrokerError(VM_STOPPED, f"The virtual machine stopped: {domain.name}."))
+        elif end is RelayEnd.BACKEND_CLOSED:
             failure = CONSOLE_CLOSED
             if await self._stopped(domain):
                 failure = VM_STOPPED
@@ -139,6 +250,35 @@ class Broker:
         elif end is RelayEnd.CLIENT_SENT_TEXT:
             await _close(websocket, BrokerError(UNSUPPORTED_DATA))
         log.info("console session for %s from %s ended: %s", domain.name, client, end.value)
+
+    def origin_allowed(self, connection: HTTPConnection) -> bool:
+        """Browsers always send Origin: it must be ours or configured. Without Origin
+        (a non-browser client that holds a valid token) the token alone decides."""
+        origin = connection.headers.get("origin")
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        return origin in self.allowed_origins or origin == self.own_origin(connection)
+
+    def own_origin(self, connection: HTTPConnection) -> str:
+        if self.public_url:
+            parts = urlsplit(self.public_url)
+            return f"{parts.scheme}://{parts.netloc}".lower()
+        scheme = {"ws": "http", "wss": "https"}.get(connection.url.scheme, connection.url.scheme)
+        return f"{scheme}://{connection.headers.get('host', '')}".lower()
+
+    async def watch_libvirt(self) -> None:
+        """Keep the libvirt connection (and so its lifecycle events) up; retry with backoff."""
+        delay = 1.0
+        while True:
+            ok, detail = await self.consoles.healthy()
+            if ok:
+                delay = 1.0
+                await asyncio.sleep(5.0)
+            else:
+                log.warning("libvirt unavailable (%s); retrying in %.0fs", detail, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _stopped(self, domain: DomainInfo) -> bool:
         """After the VNC stream ended: did the VM stop? libvirt may need a moment to notice."""
@@ -158,11 +298,29 @@ def create_app(broker: Broker) -> Starlette:
         Route("/api/v1/domains", broker.list_domains),
         Route("/api/v1/domains/{ident}/console", broker.create_console, methods=["POST"]),
         WebSocketRoute("/websockify", broker.websockify),
+        Route("/console", broker.open_console_link),
+        Route("/console/{uuid}/", broker.console_page),
+        Route("/console/{uuid}/session", broker.console_session),
+        WebSocketRoute("/console/{uuid}/websockify", broker.console_websocket),
     ]
+    novnc = broker.web_dir / "node_modules" / "@novnc" / "novnc"
+    if novnc.is_dir():
+        routes.append(Mount("/static/novnc", StaticFiles(directory=novnc)))
+    if broker.web_dir.is_dir():
+        routes.append(Mount("/static", StaticFiles(directory=broker.web_dir)))
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(broker.watch_libvirt())
+        yield
+        watcher.cancel()
+
     app = Starlette(
         routes=routes,
         exception_handlers={BrokerError: _broker_error, HTTPException: _http_error},
+        lifespan=lifespan,
     )
+    # A missing slash is a 404, never a redirect built from the request's own path.
+    app.router.redirect_slashes = False
     app.state.broker = broker
     return app
 
@@ -197,6 +355,10 @@ async def _close(websocket: WebSocket, error: BrokerError) -> None:
         await websocket.close(error.failure.close_code, error.close_reason)
     except Exception:  # already gone: nobody is left to tell
         pass
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
 def _client(connection: HTTPConnection) -> str:

@@ -5,6 +5,7 @@ Precedence: command-line flag > environment (BROKER_<NAME>) > config file > defa
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -29,6 +30,9 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     token_ttl: float = 60.0
     token_max_ttl: float = 600.0
+    session_window: float = 600.0
+    trusted_proxies: tuple[str, ...] = ("unix",)
+    allowed_origins: tuple[str, ...] = ()
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     max_message_size: int = 1024 * 1024
@@ -98,6 +102,9 @@ def _validate(raw: dict[str, Any]) -> Settings:
             api_keys=_keys(raw.get("api_keys", ())),
             token_ttl=_positive("token_ttl", raw.get("token_ttl", s.token_ttl)),
             token_max_ttl=_positive("token_max_ttl", raw.get("token_max_ttl", s.token_max_ttl)),
+            session_window=_positive("session_window", raw.get("session_window", s.session_window)),
+            trusted_proxies=_proxies(raw.get("trusted_proxies", s.trusted_proxies)),
+            allowed_origins=_origins(raw.get("allowed_origins", s.allowed_origins)),
             ping_interval=_non_negative("ping_interval", raw.get("ping_interval", s.ping_interval)),
             ping_timeout=_positive("ping_timeout", raw.get("ping_timeout", s.ping_timeout)),
             max_message_size=int(_positive("max_message_size", raw.get("max_message_size", s.max_message_size))),
@@ -139,10 +146,34 @@ def _mode(value: Any) -> int:
     return int(str(value), 8)
 
 
-def _keys(value: Any) -> tuple[str, ...]:
+def _list(value: Any) -> tuple[str, ...]:
+    """A TOML list, or a comma-separated string from the environment."""
     if isinstance(value, str):
-        value = [k for k in value.split(",")]
-    keys = tuple(str(k).strip() for k in value if str(k).strip())
+        value = value.split(",")
+    return tuple(str(v).strip() for v in value if str(v).strip())
+
+
+def _proxies(value: Any) -> tuple[str, ...]:
+    entries = _list(value)
+    for entry in entries:
+        if entry != "unix":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is neither an IP address, a network nor 'unix'") from None
+    return entries
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    origins = _list(value)
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") > 2:
+            raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://panel.example.com")
+    return origins
+
+
+def _keys(value: Any) -> tuple[str, ...]:
+    keys = _list(value)
     for key in keys:
         if len(key) < 16:
             raise ValueError("every API key must be at least 16 characters long")

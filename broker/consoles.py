@@ -10,7 +10,9 @@ asyncio loop never waits on libvirtd, and libvirt sees calls one at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import threading
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +47,30 @@ STATES = {
 
 # libvirt prints every error to stderr by default; we turn them into BrokerErrors instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+log = logging.getLogger("broker.consoles")
+
+# Lifecycle events that mean "this run of the domain is over".
+_ENDED = {libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED, libvirt.VIR_DOMAIN_EVENT_CRASHED}
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def start_libvirt_event_loop() -> None:
+    """libvirt delivers events only while someone runs its event loop: one daemon
+    thread, process-wide, registered before the first connection is opened."""
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
 
 
 @dataclass(frozen=True)
@@ -106,11 +132,29 @@ class LibvirtConsoles:
         self.connect_timeout = connect_timeout
         self._conn: libvirt.virConnect | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_ended: list[Callable[[str], None]] = []
+        start_libvirt_event_loop()
+
+    def on_domain_ended(self, callback: Callable[[str], None]) -> None:
+        """Call callback(uuid) on the asyncio loop when a domain stops, crashes or is undefined."""
+        self._on_ended.append(callback)
+
+    def _lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, _detail: int, _opaque: Any) -> None:
+        # Runs on libvirt's event thread: hand over to the asyncio loop.
+        if event in _ENDED and self._loop is not None:
+            uuid = dom.UUIDString()
+            for callback in self._on_ended:
+                self._loop.call_soon_threadsafe(callback, uuid)
+
+    def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        log.warning("lost the connection to libvirt at %s (reason %d); reconnecting on next use", self.uri, reason)
 
     # -- running blocking libvirt calls -------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        self._loop = asyncio.get_running_loop()
+        return await self._loop.run_in_executor(self._executor, fn, *args)
 
     def _connection(self) -> libvirt.virConnect:
         conn = self._conn
@@ -122,10 +166,13 @@ class LibvirtConsoles:
                 pass
             self._drop()
         try:
-            self._conn = libvirt.open(self.uri)
+            conn = libvirt.open(self.uri)
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+            conn.registerCloseCallback(self._closed, None)
         except libvirt.libvirtError as exc:
             raise BrokerError(LIBVIRT_UNAVAILABLE, f"Cannot connect to libvirt at {self.uri}: {_text(exc)}") from None
-        return self._conn
+        self._conn = conn
+        return conn
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

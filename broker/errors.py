@@ -23,6 +23,9 @@ TOKEN_MISSING = Failure("token_missing", 4100, 401, "No console token was given.
 TOKEN_INVALID = Failure("token_invalid", 4101, 401, "This console link is not valid.")
 TOKEN_EXPIRED = Failure("token_expired", 4102, 401, "This console link has expired; ask for a new one.")
 TOKEN_USED = Failure("token_used", 4103, 401, "This console link was already used; ask for a new one.")
+TOKEN_REVOKED = Failure("token_revoked", 4104, 401, "The virtual machine stopped after this link was made; ask for a new one.")
+SESSION_ENDED = Failure("session_ended", 4105, 401, "This console session has ended; ask for a new console link.")
+ORIGIN_REFUSED = Failure("origin_refused", 4106, 403, "Consoles cannot be opened from this web page's origin.")
 
 DOMAIN_NOT_FOUND = Failure("domain_not_found", 4200, 404, "The virtual machine does not exist (any more).")
 DOMAIN_NOT_RUNNING = Failure("domain_not_running", 4201, 409, "The virtual machine is not running.")

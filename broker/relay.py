@@ -22,6 +22,7 @@ class RelayEnd(enum.Enum):
     CLIENT_CLOSED = "client closed"
     BACKEND_CLOSED = "backend closed"
     CLIENT_SENT_TEXT = "client sent a text message"
+    STOPPED = "stopped from outside"
 
 
 async def relay(
@@ -29,23 +30,34 @@ async def relay(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     *,
+    stop: asyncio.Event | None = None,
     read_size: int = READ_SIZE,
 ) -> RelayEnd:
-    """Relay until one side ends; close the stream (not the WebSocket) and say why it ended."""
+    """Relay until one side ends or `stop` is set; close the stream (not the WebSocket) and say why."""
     upstream = asyncio.create_task(_client_to_backend(websocket, writer))
     downstream = asyncio.create_task(_backend_to_client(reader, websocket, read_size))
+    stopped = asyncio.create_task(_wait_stop(stop))
+    tasks = (upstream, downstream, stopped)
     try:
-        done, _pending = await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (upstream, downstream):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(upstream, downstream, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
-    # If both finished together, the client's end is the one to report.
-    for task in (upstream, downstream):
+    # If several finished together, the first in this order is the one to report.
+    for task in (stopped, upstream, downstream):
         if task in done and not task.cancelled() and task.exception() is None:
             return task.result()
     return RelayEnd.CLIENT_CLOSED
+
+
+async def _wait_stop(stop: asyncio.Event | None) -> RelayEnd:
+    if stop is None:
+        await asyncio.Future()  # never
+    else:
+        await stop.wait()
+    return RelayEnd.STOPPED
 
 
 async def _client_to_backend(websocket: WebSocket, writer: asyncio.StreamWriter) -> RelayEnd:

@@ -17,6 +17,8 @@ from .app import Broker, create_app
 from .config import Settings
 from .consoles import LibvirtConsoles
 from .logs import logging_config
+from .proxy import ForwardedHeaders, TrustedProxies
+from .sessions import ConsoleSessions
 from .tokens import MemoryTokenStore, Tokens
 
 log = logging.getLogger("broker.server")
@@ -90,7 +92,11 @@ def serve(settings: Settings) -> None:
     keys = ensure_api_keys(settings)
     consoles = LibvirtConsoles(settings.connect)
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
-    app = create_app(Broker(consoles, tokens, keys, settings.public_url))
+    sessions = ConsoleSessions(MemoryTokenStore(), window=settings.session_window)
+    broker = Broker(
+        consoles, tokens, keys, settings.public_url, sessions=sessions, allowed_origins=settings.allowed_origins
+    )
+    app = ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies))
     sock, where = bind_socket(settings)
     config = uvicorn.Config(
         app,

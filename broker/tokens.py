@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
-from .errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING, TOKEN_USED, BrokerError
+from .errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING, TOKEN_REVOKED, TOKEN_USED, BrokerError
 
 TOKEN_BYTES = 32
 # token_urlsafe(32) gives 43 characters of [A-Za-z0-9_-]; anything else is forged.
@@ -37,6 +37,7 @@ class Grant:
     name: str
     expires_at: float
     used: bool = False
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,14 @@ class TokenStore(Protocol):
 
     def add(self, digest: str, grant: Grant) -> None: ...
 
+    def get(self, digest: str) -> Grant | None: ...
+
     def claim(self, digest: str) -> Grant | None:
         """Atomically mark the grant used; return it as it was before, or None."""
         ...
 
     def revoke(self, uuid: str) -> int:
-        """Mark every unused grant for this domain used; return how many."""
+        """Mark every unused grant for this domain used and revoked; return how many."""
         ...
 
     def purge(self, before: float) -> None:
@@ -72,6 +75,9 @@ class MemoryTokenStore:
     def add(self, digest: str, grant: Grant) -> None:
         self._grants[digest] = grant
 
+    def get(self, digest: str) -> Grant | None:
+        return self._grants.get(digest)
+
     def claim(self, digest: str) -> Grant | None:
         grant = self._grants.get(digest)
         if grant is not None and not grant.used:
@@ -81,7 +87,7 @@ class MemoryTokenStore:
     def revoke(self, uuid: str) -> int:
         hits = [d for d, g in self._grants.items() if g.console.uuid == uuid and not g.used]
         for digest in hits:
-            self._grants[digest] = replace(self._grants[digest], used=True)
+            self._grants[digest] = replace(self._grants[digest], used=True, revoked=True)
         return len(hits)
 
     def purge(self, before: float) -> None:
@@ -90,6 +96,10 @@ class MemoryTokenStore:
 
     def __len__(self) -> int:
         return len(self._grants)
+
+
+def is_token_shaped(text: str) -> bool:
+    return bool(_TOKEN_SHAPE.fullmatch(text))
 
 
 def digest_of(token: str) -> str:
@@ -140,6 +150,8 @@ class Tokens:
         grant = self.store.claim(digest_of(token))
         if grant is None:
             raise BrokerError(TOKEN_INVALID)
+        if grant.revoked:
+            raise BrokerError(TOKEN_REVOKED)
         if grant.used:
             raise BrokerError(TOKEN_USED)
         if self.clock() >= grant.expires_at:

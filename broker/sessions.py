@@ -1,0 +1,46 @@
+"""Console sessions: what a spent link turns into, so the page can reconnect.
+
+Opening the console page spends the single-use link token and hands the browser
+a session id in an HttpOnly, SameSite=Strict cookie scoped to that console's
+path. The id is multi-use but only within a short window and only for the
+console the link named. Stored as a digest, like tokens.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import replace
+from typing import Callable
+
+from .errors import SESSION_ENDED, BrokerError
+from .tokens import TOKEN_BYTES, Grant, TokenStore, digest_of, is_token_shaped
+
+COOKIE_NAME = "broker_console"
+
+
+class ConsoleSessions:
+    def __init__(self, store: TokenStore, window: float = 600.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.window = window
+        self.clock = clock
+
+    def open(self, grant: Grant) -> tuple[str, Grant]:
+        """Start a session for the console a redeemed link named; returns (session id, its grant)."""
+        session_id = secrets.token_urlsafe(TOKEN_BYTES)
+        now = self.clock()
+        self.store.purge(now - self.window)
+        session = replace(grant, expires_at=now + self.window, used=False)
+        self.store.add(digest_of(session_id), session)
+        return session_id, session
+
+    def check(self, session_id: str | None, uuid: str) -> Grant:
+        """The live session for this console, or SESSION_ENDED."""
+        if not session_id or not is_token_shaped(session_id):
+            raise BrokerError(SESSION_ENDED, "No console session: open the console link again, or ask for a new one.")
+        grant = self.store.get(digest_of(session_id))
+        if grant is None or grant.console.uuid != uuid:
+            raise BrokerError(SESSION_ENDED)
+        if self.clock() >= grant.expires_at:
+            raise BrokerError(SESSION_ENDED, "This console session has expired; ask for a new console link.")
+        return grant
