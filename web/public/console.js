@@ -1,0 +1,228 @@
+// The console page: one VM screen through the broker, on noVNC's core RFB class.
+//
+// The page lives at {base}/console/{uuid}/ and talks only to URLs relative to it:
+//   ./session     GET, the session cookie says which console we may open
+//   ./websockify  the WebSocket the broker relays to the VM's VNC server
+// noVNC is served unmodified from its npm package at {base}/static/novnc/.
+// (Module imports resolve against this file, {base}/static/console.js, while fetch
+// and new URL(..., location.href) resolve against the page: hence ./novnc/ here.)
+
+import RFB from './novnc/core/rfb.js';
+import KeyTable from './novnc/core/input/keysym.js';
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+    name: $('domain-name'),
+    status: $('status'),
+    screen: $('screen'),
+    reconnect: $('reconnect'),
+    scale: $('scale'),
+    fullscreen: $('fullscreen'),
+    ctrlAltDel: $('ctrl-alt-del'),
+    keys: $('keys'),
+    clipboardText: $('clipboard-text'),
+    clipboardSend: $('clipboard-send'),
+    clipboardNote: $('clipboard-note'),
+};
+
+// What the broker's WebSocket close codes mean (broker/errors.py). The broker sends
+// a reason with every close, so these are only the fallback when a proxy drops it.
+const CLOSE_REASONS = {
+    4100: 'No console link token was given.',
+    4101: 'This console link is not valid.',
+    4102: 'This console link has expired; ask for a new one.',
+    4103: 'This console link was already used; ask for a new one.',
+    4104: 'The virtual machine stopped after this link was made; ask for a new one.',
+    4105: 'This console session has expired; ask for a new console link.',
+    4106: 'Consoles cannot be opened from this web page’s origin.',
+    4200: 'The virtual machine does not exist (any more).',
+    4201: 'The virtual machine is not running.',
+    4202: 'The virtual machine has no VNC console.',
+    4203: 'The VNC console could not be reached.',
+    4204: 'libvirt is not reachable right now.',
+    4205: 'libvirt refused the request.',
+    4300: 'The virtual machine stopped.',
+    4301: 'The VNC server closed the connection.',
+    4302: 'The broker only relays binary WebSocket messages.',
+    1000: 'The connection was closed.',
+    1001: 'The broker is shutting down; try again in a moment.',
+    1005: 'The connection was closed without a reason.',
+    1006: 'Connection lost (network or proxy).',
+    1011: 'The broker hit an internal error.',
+};
+
+// Key combinations for the "Other keys" menu: [keysym, KeyboardEvent.code] pairs,
+// pressed in order and released in reverse. The code lets noVNC send QEMU's
+// scancode-based key event, which does not depend on the guest's keymap.
+const COMBOS = {
+    'ctrl-alt-f1': [[KeyTable.XK_Control_L, 'ControlLeft'], [KeyTable.XK_Alt_L, 'AltLeft'], [KeyTable.XK_F1, 'F1']],
+    'ctrl-alt-f2': [[KeyTable.XK_Control_L, 'ControlLeft'], [KeyTable.XK_Alt_L, 'AltLeft'], [KeyTable.XK_F2, 'F2']],
+    'alt-tab': [[KeyTable.XK_Alt_L, 'AltLeft'], [KeyTable.XK_Tab, 'Tab']],
+    'esc': [[KeyTable.XK_Escape, 'Escape']],
+    'ctrl-c': [[KeyTable.XK_Control_L, 'ControlLeft'], [KeyTable.XK_c, 'KeyC']],
+};
+
+// Characters that need Shift on a US keyboard. Typed text is sent as keysyms, and
+// QEMU turns a keysym into a scancode with its keymap: 'A' and 'a' share one key,
+// so without a real Shift press the guest would see 'a'.
+const SHIFTED = /[A-Z~!@#$%^&*()_+{}|:"<>?]/;
+
+let rfb = null;      // the current RFB object; a new one for every connection
+let socket = null;   // the WebSocket given to it
+let failure = '';    // why noVNC itself gave up (it closes the socket with no reason)
+
+function setState(state, message) {
+    document.body.dataset.state = state;
+    ui.status.textContent = message;
+    const live = state === 'connected';
+    document.querySelectorAll('.needs-connection').forEach((el) => { el.disabled = !live; });
+    ui.reconnect.disabled = state === 'connecting' || state === 'connected';
+}
+
+// Ask the broker who we are, then connect. Also what Reconnect does: the session
+// cookie stays valid for a while, so no new link is needed.
+async function start() {
+    delete document.body.dataset.closeCode;
+    setState('connecting', 'Checking the console session…');
+    let response, body;
+    try {
+        response = await fetch('./session', { credentials: 'same-origin', cache: 'no-store' });
+        body = await response.json().catch(() => null);
+    } catch {
+        setState('error', 'The console broker could not be reached. Check the network and reconnect.');
+        return;
+    }
+    if (!response.ok || !body || !body.domain) {
+        const message = body && body.error && body.error.message;
+        setState('error', message || `The console session could not be opened (HTTP ${response.status}).`);
+        return;
+    }
+    ui.name.textContent = body.domain.name;
+    ui.name.title = `UUID ${body.domain.uuid}; session valid until ${new Date(body.expires_at).toLocaleString()}`;
+    document.title = `${body.domain.name} – Console`;
+    connect();
+}
+
+function connect() {
+    setState('connecting', 'Connecting…');
+    failure = '';
+    const url = new URL('./websockify', location.href);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+
+    // We open the socket ourselves, rather than give RFB a URL, because RFB's
+    // 'disconnect' event does not say why: the broker's close code and reason do.
+    // RFB 1.7 accepts a socket that is still connecting (or open; not closed) and
+    // takes it over by setting its on* handlers, so ours must be addEventListener.
+    // Ours is added first, so it runs before RFB's onclose (see closed()).
+    const ws = new WebSocket(url, ['binary']);
+    let ended = false;  // RFB has reported 'disconnect'
+    ws.addEventListener('close', (event) => closed(ws, event, ended));
+    socket = ws;
+
+    rfb = new RFB(ui.screen, ws, { shared: true });
+    rfb.addEventListener('disconnect', () => { ended = true; });
+    rfb.addEventListener('connect', () => {
+        setState('connected', 'Connected');
+        rfb.focus();
+    });
+    rfb.addEventListener('securityfailure', (event) => {
+        failure = `The VNC server refused the connection: ${event.detail.reason || 'security failure'}.`;
+    });
+    rfb.addEventListener('credentialsrequired', () => {
+        failure = 'The VNC server asks for a password; this console does not support that.';
+        rfb.disconnect();
+    });
+    rfb.addEventListener('clipboard', (event) => { ui.clipboardText.value = event.detail.text; });
+    applyScale();
+}
+
+function closed(ws, event, ended) {
+    if (ws !== socket) return;  // a socket from an earlier attempt
+    // A close while RFB is still handshaking counts as a protocol failure to RFB,
+    // which logs it as a console error. For us a refusal is an ordinary end:
+    // disconnecting first (we run before RFB's own close handler) makes it one.
+    if (!ended) rfb.disconnect();
+    document.body.dataset.closeCode = String(event.code);
+    const reason = event.reason || failure || CLOSE_REASONS[event.code]
+        || `The connection was closed (code ${event.code}).`;
+    setState('disconnected', `Disconnected: ${reason}`);
+}
+
+function applyScale() {
+    if (!rfb) return;
+    rfb.scaleViewport = ui.scale.value === 'fit';
+    rfb.resizeSession = ui.scale.value === 'remote';
+}
+
+function sendCombo(keys) {
+    keys.forEach(([keysym, code]) => rfb.sendKey(keysym, code, true));
+    [...keys].reverse().forEach(([keysym, code]) => rfb.sendKey(keysym, code, false));
+}
+
+// Type text into the guest as key presses: printable ASCII, Tab and newlines.
+// Returns how many characters had to be skipped.
+function typeText(text) {
+    let skipped = 0;
+    for (const ch of text.replace(/\r\n?/g, '\n')) {
+        let keysym;
+        if (ch === '\n') keysym = KeyTable.XK_Return;
+        else if (ch === '\t') keysym = KeyTable.XK_Tab;
+        else if (ch >= ' ' && ch <= '~') keysym = ch.charCodeAt(0);  // ASCII keysyms are the char codes
+        else { skipped++; continue; }
+        // No KeyboardEvent.code: the keysym decides, so QEMU maps it with its keymap.
+        if (SHIFTED.test(ch)) {
+            sendCombo([[KeyTable.XK_Shift_L, 'ShiftLeft'], [keysym, undefined]]);
+        } else {
+            rfb.sendKey(keysym, undefined);
+        }
+    }
+    return skipped;
+}
+
+ui.reconnect.addEventListener('click', start);
+
+ui.scale.addEventListener('change', () => {
+    applyScale();
+    try { localStorage.setItem('console.scale', ui.scale.value); } catch { /* storage off */ }
+});
+try {
+    const saved = localStorage.getItem('console.scale');
+    if (saved && [...ui.scale.options].some((o) => o.value === saved)) ui.scale.value = saved;
+} catch { /* storage off */ }
+
+// Full screen takes the toolbar along, so Ctrl-Alt-Del stays within reach.
+const container = $('app');
+ui.fullscreen.disabled = !document.fullscreenEnabled;
+ui.fullscreen.addEventListener('click', () => {
+    if (document.fullscreenElement) document.exitFullscreen();
+    else container.requestFullscreen().catch(() => {});
+});
+document.addEventListener('fullscreenchange', () => {
+    ui.fullscreen.textContent = document.fullscreenElement ? 'Exit fullscreen' : 'Fullscreen';
+});
+
+ui.ctrlAltDel.addEventListener('click', () => {
+    rfb.sendCtrlAltDel();
+    rfb.focus();
+});
+
+ui.keys.addEventListener('change', () => {
+    const combo = COMBOS[ui.keys.value];
+    ui.keys.value = '';  // a menu of actions, not a setting
+    if (combo) {
+        sendCombo(combo);
+        rfb.focus();
+    }
+});
+
+ui.clipboardSend.addEventListener('click', () => {
+    const text = ui.clipboardText.value;
+    const skipped = typeText(text);
+    rfb.clipboardPasteFrom(text);  // for guests with a clipboard agent
+    ui.clipboardNote.textContent = skipped
+        ? `Sent; ${skipped} character(s) that are not plain ASCII were not typed.`
+        : 'Sent.';
+    rfb.focus();
+});
+
+start();
