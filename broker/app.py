@@ -165,7 +165,9 @@ class Broker:
         response.set_cookie(
             COOKIE_NAME,
             session_id,
-            max_age=int(self.sessions.window),
+            # Outlives the session on purpose, so an expired session is reported as expired
+            # rather than as "no session"; the server enforces the window itself.
+            max_age=int(self.sessions.window * 2),
             path=f"{request.scope.get('root_path', '')}/console/{uuid}/",
             secure=request.url.scheme == "https",
             httponly=True,
@@ -175,9 +177,9 @@ class Broker:
         return response
 
     async def console_page(self, request: Request) -> Response:
-        page = self.web_dir / "console.html"
+        page = self.web_dir / "public" / "console.html"
         if not page.is_file():
-            return HTMLResponse("The console page is not installed (web/console.html is missing).", status_code=503)
+            return HTMLResponse("The console page is not installed (web/public/console.html is missing).", status_code=503)
         return FileResponse(page, headers=PAGE_HEADERS)
 
     async def console_session(self, request: Request) -> Response:
@@ -191,7 +193,7 @@ class Broker:
         )
 
     def error_page(self, error: BrokerError) -> Response:
-        template_path = self.web_dir / "error.html"
+        template_path = self.web_dir / "public" / "error.html"
         title = "Cannot open the console"
         if template_path.is_file():
             page = (
@@ -306,8 +308,8 @@ def create_app(broker: Broker) -> Starlette:
     novnc = broker.web_dir / "node_modules" / "@novnc" / "novnc"
     if novnc.is_dir():
         routes.append(Mount("/static/novnc", StaticFiles(directory=novnc)))
-    if broker.web_dir.is_dir():
-        routes.append(Mount("/static", StaticFiles(directory=broker.web_dir)))
+    if (broker.web_dir / "public").is_dir():
+        routes.append(Mount("/static", StaticFiles(directory=broker.web_dir / "public")))
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         watcher = asyncio.create_task(broker.watch_libvirt())

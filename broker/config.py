@@ -24,6 +24,7 @@ class Settings:
     listen: str = "127.0.0.1:6080"
     uds: str | None = None
     uds_mode: int = 0o660
+    uds_group: str | None = None
     connect: str = "qemu:///system"
     state_dir: Path = DEFAULT_STATE_DIR
     public_url: str | None = None
@@ -96,6 +97,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             listen=str(raw.get("listen", s.listen)),
             uds=str(raw["uds"]) if raw.get("uds") else None,
             uds_mode=_mode(raw.get("uds_mode", s.uds_mode)),
+            uds_group=str(raw["uds_group"]) if raw.get("uds_group") else None,
             connect=str(raw.get("connect", s.connect)),
             state_dir=Path(raw.get("state_dir", s.state_dir)),
             public_url=str(raw["public_url"]).rstrip("/") if raw.get("public_url") else None,

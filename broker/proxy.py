@@ -80,7 +80,11 @@ def apply_forwarded(scope: Scope) -> Scope:
 
     prefix = _last(headers.get("x-forwarded-prefix")).rstrip("/")
     if prefix and _SAFE_PREFIX.fullmatch(prefix) and "//" not in prefix and "/.." not in prefix:
+        # ASGI: `path` includes `root_path`; Starlette's mounts rely on it.
         scope["root_path"] = prefix + scope.get("root_path", "")
+        scope["path"] = prefix + scope["path"]
+        if "raw_path" in scope and scope["raw_path"] is not None:
+            scope["raw_path"] = prefix.encode() + scope["raw_path"]
     return scope
 
 

@@ -7,6 +7,7 @@ import logging
 import logging.config
 import os
 import secrets
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -55,6 +56,11 @@ def bind_socket(settings: Settings) -> tuple[socket.socket, dict[str, str]]:
             sock.bind(str(path))
         finally:
             os.umask(old_umask)
+        if settings.uds_group:
+            try:
+                shutil.chown(path, group=settings.uds_group)
+            except (LookupError, PermissionError) as exc:
+                raise SystemExit(f"broker: cannot give {path} to group {settings.uds_group!r}: {exc}") from None
         os.chmod(path, settings.uds_mode)
         where = {"uds": str(path)}
     else:

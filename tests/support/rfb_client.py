@@ -34,8 +34,11 @@ class WsBytes:
         return chunk
 
 
-def handshake(ws: ClientConnection) -> ServerInit:
-    """ProtocolVersion, security None, ClientInit(shared); returns ServerInit."""
+def handshake(ws: ClientConnection, shared: bool = True) -> ServerInit:
+    """ProtocolVersion, security None, ClientInit; returns ServerInit.
+
+    shared=False asks QEMU to disconnect every other viewer (its default share policy).
+    """
     stream = WsBytes(ws)
     version = stream.read_exact(12)
     assert version.startswith(b"RFB 003."), version
@@ -47,7 +50,7 @@ def handshake(ws: ClientConnection) -> ServerInit:
     ws.send(bytes([1]))
     (result,) = struct.unpack(">I", stream.read_exact(4))
     assert result == 0, f"SecurityResult {result}"
-    ws.send(bytes([1]))  # ClientInit: shared, never kick other viewers
+    ws.send(bytes([1 if shared else 0]))  # ClientInit
     width, height = struct.unpack(">HH", stream.read_exact(4))
     stream.read_exact(16)  # pixel format
     (name_length,) = struct.unpack(">I", stream.read_exact(4))

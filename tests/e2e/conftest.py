@@ -1,0 +1,100 @@
+"""The deployment as a person meets it: Chromium → nginx (sub-path /novnc/) → broker on a UNIX socket → QEMU.
+
+Everything is a real process, started once per session and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from support import vms
+from support.nginx import Nginx, start_nginx
+from support.processes import BrokerProcess, start_broker
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+TINY_GUEST_DIR = Path("/var/cache/vm-console-broker/tiny-guest")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def conn() -> Iterator[libvirt.virConnect]:
+    connection = vms.connect()
+    yield connection
+    for name in ("broker-test-e2e", "broker-test-tiny"):
+        vms.remove(connection, name)
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def console_vm(conn: libvirt.virConnect) -> libvirt.virDomain:
+    return vms.define(conn, "broker-test-e2e", vms.TCP)
+
+
+@pytest.fixture(scope="session")
+def tiny_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> tuple[libvirt.virDomain, Path]:
+    """A kernel + busybox guest whose init writes each line typed on its VGA console to its serial log."""
+    subprocess.run(["bash", str(REPO / "contrib" / "tiny-guest.sh"), str(TINY_GUEST_DIR)], check=True)
+    serial = tmp_path_factory.mktemp("tiny") / "serial.log"
+    os_xml = (
+        f"<kernel>{TINY_GUEST_DIR / 'vmlinuz'}</kernel><initrd>{TINY_GUEST_DIR / 'initrd.gz'}</initrd>"
+        "<cmdline>console=ttyS0 quiet</cmdline>"
+    )
+    extra = f"<serial type='file'><source path='{serial}'/><target port='0'/></serial>"
+    dom = vms.define(conn, "broker-test-tiny", vms.TCP, memory_mib=256, os_xml=os_xml, extra=extra)
+    return dom, serial
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) -> Iterator[tuple[BrokerProcess, Nginx]]:
+    base = tmp_path_factory.mktemp("stack")
+    socket_path = base / "broker.sock"
+    broker = start_broker(base / "state", "--uds", str(socket_path))
+    try:
+        nginx = start_nginx(socket_path, base / "nginx")
+    except Exception:
+        broker.stop()
+        raise
+    yield broker, nginx
+    nginx.stop()
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1024, "height": 768})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.js_errors = errors
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

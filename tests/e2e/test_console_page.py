@@ -1,0 +1,191 @@
+"""The console page in real Chromium, through real nginx on a sub-path, to a real VM."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import libvirt
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from support.nginx import Nginx
+from support.processes import BrokerProcess, start_broker
+from support.rfb_client import handshake
+
+pytestmark = pytest.mark.e2e
+
+VGA_SIZES = {(640, 480), (720, 400)}
+
+
+def mint(nginx: Nginx, broker: BrokerProcess, domain: str, **body: object) -> dict:
+    response = httpx.post(
+        f"{nginx.url}/novnc/api/v1/domains/{domain}/console",
+        headers={"Authorization": f"Bearer {broker.api_key}"},
+        json=body,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def wait_state(page, state: str, timeout: float = 20_000) -> None:
+    page.wait_for_selector(f"body[data-state='{state}']", timeout=timeout)
+
+
+def canvas_facts(page) -> dict:
+    return page.evaluate(
+        """() => {
+            const canvas = document.querySelector('#screen canvas');
+            const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            const colours = new Set();
+            for (let i = 0; i < data.length; i += 4 * 97) colours.add(data[i] << 16 | data[i + 1] << 8 | data[i + 2]);
+            return {width: canvas.width, height: canvas.height, colours: colours.size};
+        }"""
+    )
+
+
+def test_link_opens_the_vm_screen_under_a_sub_path(stack, console_vm: libvirt.virDomain, page, artifacts: Path) -> None:
+    broker, nginx = stack
+    link = mint(nginx, broker, console_vm.name())
+    assert link["console_url"].startswith(f"{nginx.url}/novnc/console?token=")
+    page.goto(link["console_url"])
+    wait_state(page, "connected")
+    assert "token=" not in page.url, "the token stayed in the address bar"
+    assert page.url.startswith(f"{nginx.url}/novnc/console/{console_vm.UUIDString()}/")
+    assert page.inner_text("#domain-name") == console_vm.name()
+    page.wait_for_function(
+        "() => { const c = document.querySelector('#screen canvas'); return c && c.width > 0; }", timeout=15_000
+    )
+    time.sleep(1.0)  # let the first full update land
+    facts = canvas_facts(page)
+    assert (facts["width"], facts["height"]) in VGA_SIZES
+    assert facts["colours"] > 1, "the canvas is blank"
+    page.screenshot(path=str(artifacts / "console.png"))
+    assert not page.js_errors
+    # The token never reached nginx's access log.
+    assert "token=" not in nginx.access_log()
+
+
+def test_phone_sized_viewport(stack, console_vm: libvirt.virDomain, browser, artifacts: Path) -> None:
+    broker, nginx = stack
+    context = browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        page.goto(mint(nginx, broker, console_vm.name())["console_url"])
+        wait_state(page, "connected")
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 375, f"page is {width}px wide on a 375px screen"
+        page.screenshot(path=str(artifacts / "console-phone.png"))
+    finally:
+        context.close()
+
+
+def test_reload_and_reconnect_need_no_new_link(stack, console_vm: libvirt.virDomain, page) -> None:
+    broker, nginx = stack
+    page.goto(mint(nginx, broker, console_vm.name())["console_url"])
+    wait_state(page, "connected")
+    page.reload()
+    wait_state(page, "connected")
+    # An exclusive viewer makes QEMU drop the page's connection (the VM keeps running).
+    with connect(mint(nginx, broker, console_vm.name())["websocket_url"]) as rival:
+        handshake(rival, shared=False)
+        wait_state(page, "disconnected")
+    assert page.get_attribute("body", "data-close-code") == "4301"
+    assert "closed the connection" in page.inner_text("#status")
+    page.click("#reconnect")
+    wait_state(page, "connected")
+
+
+def test_after_the_window_the_page_says_why(conn, console_vm: libvirt.virDomain, page, tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "state", extra_env={"BROKER_SESSION_WINDOW": "3"})
+    try:
+        link = broker.api("POST", f"/api/v1/domains/{console_vm.name()}/console").json()
+        page.goto(link["console_url"])
+        wait_state(page, "connected")
+        time.sleep(3.5)
+        page.reload()
+        wait_state(page, "error")
+        assert "expired" in page.inner_text("#status").lower()
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("how", ["expired", "used"])
+def test_dead_links_show_their_reason(stack, console_vm: libvirt.virDomain, page, how: str) -> None:
+    broker, nginx = stack
+    if how == "expired":
+        link = mint(nginx, broker, console_vm.name(), ttl=1)
+        time.sleep(1.3)
+    else:
+        link = mint(nginx, broker, console_vm.name())
+        assert httpx.get(link["console_url"]).status_code == 303  # someone else opened it first
+    page.goto(link["console_url"])
+    text = page.inner_text("body").lower()
+    assert ("expired" if how == "expired" else "already used") in text
+
+
+def test_websocket_from_another_origin_is_refused(stack, console_vm: libvirt.virDomain) -> None:
+    broker, nginx = stack
+    link = mint(nginx, broker, console_vm.name())
+    with connect(link["websocket_url"], origin="https://evil.example") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4106
+    # The Origin is checked before the token is spent: the panel's own page can still use it.
+    with connect(link["websocket_url"], origin=nginx.url) as ws:
+        assert ws.recv(timeout=10).startswith(b"RFB ")
+
+
+def raw_get(port: int, target: str) -> tuple[int, str]:
+    """Send the request line exactly as written: HTTP clients would normalise these paths."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    head = response.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+    status = int(head.split(" ", 2)[1])
+    location = next((l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("location:")), "")
+    return status, location
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/novnc//evil.example/%2F..",
+        "/novnc///x",
+        "/novnc/..%2f..",
+        "/novnc/static//evil.example/%2F..",
+        "/novnc/static/..%2f..%2fREADME.md",
+        "/novnc/static/%2e%2e/%2e%2e/etc/passwd",
+        "/novnc/console/x",
+        "//evil.example/%2F..",
+    ],
+)
+def test_static_paths_never_redirect_off_site_or_escape(stack, target: str) -> None:
+    _broker, nginx = stack
+    status, location = raw_get(nginx.port, target)
+    assert status in (400, 404), (status, location)
+    assert not location
+
+
+def test_keystrokes_reach_the_guest(stack, tiny_vm, page, artifacts: Path) -> None:
+    broker, nginx = stack
+    dom, serial = tiny_vm
+    deadline = time.monotonic() + 90
+    while "TINY-GUEST-READY" not in (serial.read_text(errors="replace") if serial.exists() else ""):
+        assert time.monotonic() < deadline, "the tiny guest did not boot in 90 s"
+        time.sleep(0.5)
+    page.goto(mint(nginx, broker, dom.name())["console_url"])
+    wait_state(page, "connected")
+    page.click("#screen canvas")
+    page.keyboard.type("hello broker", delay=30)
+    page.keyboard.press("Enter")
+    deadline = time.monotonic() + 15
+    while "GOT: hello broker" not in serial.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"typed line not in the serial log:\n{serial.read_text()[-500:]}"
+        time.sleep(0.2)
+    page.screenshot(path=str(artifacts / "console-typed.png"))

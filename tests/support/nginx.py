@@ -1,0 +1,95 @@
+"""Run Debian's nginx with the project's own contrib/nginx file, on a free port, as a real process."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from .processes import free_port
+
+CONTRIB_CONF = Path(__file__).resolve().parents[2] / "contrib" / "nginx" / "vm-console-broker.conf"
+
+
+@dataclass
+class Nginx:
+    process: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_log(self) -> str:
+        path = self.directory / "access.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def site_conf(socket_path: Path, port: int, directory: Path) -> str:
+    """contrib's file with only the lines marked `# test:` changed."""
+    lines = []
+    for line in CONTRIB_CONF.read_text().splitlines():
+        if line.rstrip().endswith("# test: socket"):
+            line = f"    server unix:{socket_path};  # test: socket"
+        elif line.rstrip().endswith("# test: listen"):
+            line = f"    listen 127.0.0.1:{port};  # test: listen"
+        elif "access_log /var/log/nginx/" in line:
+            line = line.replace("/var/log/nginx/vm-console-broker.access.log", str(directory / "access.log"))
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def start_nginx(socket_path: Path, directory: Path) -> Nginx:
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (directory / "site.conf").write_text(site_conf(socket_path, port, directory))
+    (directory / "nginx.conf").write_text(
+        f"""
+daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    include /etc/nginx/mime.types;
+    include {directory}/site.conf;
+}}
+"""
+    )
+    process = subprocess.Popen(
+        ["nginx", "-c", str(directory / "nginx.conf"), "-p", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "stderr.log", "wb"),
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited: {(directory / 'stderr.log').read_text()}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return Nginx(process, port, directory)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("nginx did not come up in 10 s")
+            time.sleep(0.05)
