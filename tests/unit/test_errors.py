@@ -1,0 +1,67 @@
+"""The failure table: stable, distinct codes, and close reasons that fit a close frame."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker import errors
+from broker.errors import ALL_FAILURES, NO_CONSOLE, TOKEN_USED, BrokerError, truncate_reason
+
+
+def test_every_failure_is_listed_once() -> None:
+    defined = [v for v in vars(errors).values() if isinstance(v, errors.Failure)]
+    assert len(ALL_FAILURES) == len(defined)
+    assert all(any(f is d for f in ALL_FAILURES) for d in defined)
+
+
+def test_slugs_are_distinct_snake_case() -> None:
+    slugs = [f.slug for f in ALL_FAILURES]
+    assert len(set(slugs)) == len(slugs)
+    assert all(s.replace("_", "").isalpha() and s == s.lower() for s in slugs)
+
+
+def test_websocket_close_codes_are_distinct_and_application_range() -> None:
+    codes = [f.close_code for f in ALL_FAILURES if f.close_code]
+    assert len(set(codes)) == len(codes)
+    assert all(4000 <= code <= 4999 for code in codes)
+
+
+def test_rest_only_failures_have_no_close_code() -> None:
+    assert {f.slug for f in ALL_FAILURES if not f.close_code} == {"unauthorized", "invalid_input"}
+
+
+def test_http_statuses_are_errors() -> None:
+    assert all(400 <= f.http_status <= 599 for f in ALL_FAILURES)
+
+
+def test_summaries_fit_a_close_frame() -> None:
+    assert all(0 < len(f.summary.encode()) <= 123 for f in ALL_FAILURES)
+
+
+def test_message_is_the_detail_or_the_summary() -> None:
+    assert BrokerError(NO_CONSOLE).message == NO_CONSOLE.summary
+    assert BrokerError(NO_CONSOLE, "Domain 'vm' has none.").message == "Domain 'vm' has none."
+    assert str(BrokerError(NO_CONSOLE, "detail")) == "detail"
+
+
+def test_to_json() -> None:
+    assert BrokerError(TOKEN_USED).to_json() == {"error": {"code": "token_used", "message": TOKEN_USED.summary}}
+
+
+def test_long_close_reason_is_cut_to_123_bytes() -> None:
+    reason = BrokerError(NO_CONSOLE, "x" * 500).close_reason
+    assert len(reason.encode()) == 123
+    assert reason.endswith("...")
+
+
+def test_short_close_reason_is_untouched() -> None:
+    assert truncate_reason("ü" * 61) == "ü" * 61
+
+
+@given(st.text(), st.integers(min_value=3, max_value=200))
+def test_truncated_reason_is_valid_utf8_within_the_limit(text: str, limit: int) -> None:
+    text = text.encode(errors="replace").decode()  # close reasons are real UTF-8 text
+    cut = truncate_reason(text, limit)
+    assert len(cut.encode()) <= limit
+    assert cut == text or cut.endswith("...")

@@ -1,0 +1,84 @@
+"""Plain helpers for the unit tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+TEST_URI = "test:///default"
+API_KEY = "k" * 32
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# The domain the test driver ships with: running, and without any graphics device.
+BUILTIN_DOMAIN = "test"
+START_TIME = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float = START_TIME) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (right now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def vnc_graphics(port: int, listen: str = "127.0.0.1") -> str:
+    return f"<graphics type='vnc' port='{port}' autoport='no' listen='{listen}'/>"
+
+
+class FakeVncServer:
+    """A listener on 127.0.0.1 that greets like a VNC server and then echoes."""
+
+    GREETING = b"RFB 003.008\n"
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.accepted = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(sock)
+            self.accepted.set()
+            threading.Thread(target=self._echo, args=(sock,), daemon=True).start()
+
+    def _echo(self, sock: socket.socket) -> None:
+        try:
+            sock.sendall(self.GREETING)
+            while data := sock.recv(65536):
+                sock.sendall(data)
+        except OSError:
+            pass
+
+    def drop_clients(self) -> None:
+        for sock in self.connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.drop_clients()
