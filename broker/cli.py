@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     token = commands.add_parser("token", help="mint a console link for a domain")
     token.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
-    token.add_argument("--ttl", type=float, metavar="SECONDS", help="lifetime (default: the server's, 60 s)")
+    token.add_argument("--ttl", type=_seconds, metavar="SECONDS", help="lifetime (default: the server's, 60 s)")
     token.add_argument("--graphics", type=int, metavar="INDEX", help="graphics device index (default: first VNC)")
     _client_options(token)
     token.set_defaults(run=_token)
@@ -63,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(domains)
     domains.set_defaults(run=_domains)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, got {text!r}")
+    return value
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +142,8 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
             response = client.request(method, path, json=body)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the broker at {server} ({exc}); is `broker serve` running?") from None
+    except httpx.InvalidURL as exc:
+        raise CliError(f"{server!r} is not a usable server URL ({exc})") from None
     try:
         payload = response.json()
     except ValueError:
@@ -145,6 +158,8 @@ def _local_server(settings: Settings) -> str:
     try:
         where = json.loads(settings.server_file.read_text())
     except (OSError, ValueError):
+        return DEFAULT_SERVER
+    if not isinstance(where, dict):
         return DEFAULT_SERVER
     if where.get("uds"):
         return f"unix:{where['uds']}"

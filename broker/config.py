@@ -6,6 +6,7 @@ Precedence: command-line flag > environment (BROKER_<NAME>) > config file > defa
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -71,7 +72,10 @@ def load_settings(
         value = environ.get(f"BROKER_{name.upper()}")
         if value is not None and value != "":
             raw[name] = value
-    raw.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "listen" in given:
+        raw.pop("uds", None)  # --listen on the command line beats a socket from env or file
+    raw.update(given)
     return _validate(raw)
 
 
@@ -99,7 +103,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             uds_mode=_mode(raw.get("uds_mode", s.uds_mode)),
             uds_group=str(raw["uds_group"]) if raw.get("uds_group") else None,
             connect=str(raw.get("connect", s.connect)),
-            state_dir=Path(raw.get("state_dir", s.state_dir)),
+            state_dir=Path(str(raw.get("state_dir", s.state_dir))),
             public_url=str(raw["public_url"]).rstrip("/") if raw.get("public_url") else None,
             api_keys=_keys(raw.get("api_keys", ())),
             token_ttl=_positive("token_ttl", raw.get("token_ttl", s.token_ttl)),
@@ -116,9 +120,11 @@ def _validate(raw: dict[str, Any]) -> Settings:
         raise ConfigError(str(exc)) from None
     if not s.uds:
         try:
-            s.host_port
+            host, port = s.host_port
         except ValueError:
-            raise ConfigError(f"listen must be HOST:PORT, got {s.listen!r}") from None
+            host, port = "", 0
+        if not host or not 0 < port < 65536:
+            raise ConfigError(f"listen must be HOST:PORT with a port from 1 to 65535, got {s.listen!r}")
     if s.token_ttl > s.token_max_ttl:
         raise ConfigError(f"token_ttl ({s.token_ttl:g}) is larger than token_max_ttl ({s.token_max_ttl:g})")
     if s.public_url and not s.public_url.startswith(("http://", "https://")):
@@ -128,24 +134,41 @@ def _validate(raw: dict[str, Any]) -> Settings:
     return s
 
 
+def _number(name: str, value: Any) -> float:
+    """A finite number, from TOML or from an environment string; never a bool."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
 def _positive(name: str, value: Any) -> float:
-    number = float(value)
+    number = _number(name, value)
     if not number > 0:
         raise ValueError(f"{name} must be greater than 0, got {value!r}")
     return number
 
 
 def _non_negative(name: str, value: Any) -> float:
-    number = float(value)
+    number = _number(name, value)
     if number < 0:
         raise ValueError(f"{name} must be 0 (off) or more, got {value!r}")
     return number
 
 
 def _mode(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    return int(str(value), 8)
+    try:
+        mode = value if isinstance(value, int) and not isinstance(value, bool) else int(str(value), 8)
+    except ValueError:
+        raise ValueError(f"uds_mode must be an octal file mode like 660, got {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"uds_mode must be an octal file mode like 660, got {value!r}")
+    return mode
 
 
 def _list(value: Any) -> tuple[str, ...]:

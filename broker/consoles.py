@@ -131,6 +131,7 @@ class LibvirtConsoles:
         self.uri = uri
         self.connect_timeout = connect_timeout
         self._conn: libvirt.virConnect | None = None
+        self._callback_id = -1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_ended: list[Callable[[str], None]] = []
@@ -167,7 +168,9 @@ class LibvirtConsoles:
             self._drop()
         try:
             conn = libvirt.open(self.uri)
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+            self._callback_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+            )
             conn.registerCloseCallback(self._closed, None)
         except libvirt.libvirtError as exc:
             raise BrokerError(LIBVIRT_UNAVAILABLE, f"Cannot connect to libvirt at {self.uri}: {_text(exc)}") from None
@@ -177,10 +180,12 @@ class LibvirtConsoles:
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
+            # Deregister first: a closed but still referenced connection keeps delivering events.
+            for undo in (lambda: conn.domainEventDeregisterAny(self._callback_id), conn.unregisterCloseCallback, conn.close):
+                try:
+                    undo()
+                except libvirt.libvirtError:
+                    pass
 
     def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args); a broken connection becomes LIBVIRT_UNAVAILABLE and is reopened next time."""
@@ -188,7 +193,7 @@ class LibvirtConsoles:
         try:
             return fn(conn, *args)
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_INTERNAL_ERROR) or not _alive(conn):
+            if not _alive(conn):
                 self._drop()
                 raise BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt stopped answering: {_text(exc)}") from None
             raise BrokerError(LIBVIRT_ERROR, f"libvirt refused the request: {_text(exc)}") from None

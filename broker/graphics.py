@@ -67,7 +67,7 @@ def parse_graphics(xml: str) -> list[VncConsole]:
     """Return the VNC consoles of a domain, in device order (possibly empty)."""
     try:
         root = ET.fromstring(xml)
-    except ET.ParseError as exc:
+    except (ET.ParseError, UnicodeError) as exc:
         raise GraphicsXMLError(f"domain XML is not well-formed: {exc}") from None
     if root.tag != "domain":
         raise GraphicsXMLError(f"expected <domain>, got <{root.tag}>")

@@ -20,10 +20,10 @@ def redact(text: str) -> str:
 
 class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        # Format first: a secret may sit in the arguments (`token=%s`), and redacting the
+        # format string alone would eat its placeholder and lose the line.
+        record.msg = redact(record.getMessage())
+        record.args = None
         return True
 
 

@@ -138,7 +138,7 @@ class Tokens:
         if ttl is None:
             return self.default_ttl
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= self.max_ttl:
-            raise ValueError(f"ttl must be a number of seconds between 1 and {self.max_ttl:g}")
+            raise ValueError(f"ttl must be a number of seconds greater than 0 and at most {self.max_ttl:g}")
         return float(ttl)
 
     def redeem(self, token: str | None) -> Grant:
@@ -152,10 +152,11 @@ class Tokens:
             raise BrokerError(TOKEN_INVALID)
         if grant.revoked:
             raise BrokerError(TOKEN_REVOKED)
-        if grant.used:
-            raise BrokerError(TOKEN_USED)
+        # Expiry first: an expired link stays "expired" however often it is tried.
         if self.clock() >= grant.expires_at:
             raise BrokerError(TOKEN_EXPIRED)
+        if grant.used:
+            raise BrokerError(TOKEN_USED)
         return grant
 
     def revoke(self, uuid: str) -> int:
