@@ -9,9 +9,11 @@ import ipaddress
 import math
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
+
+from .graphics import parse_target
 
 DEFAULT_STATE_DIR = Path("/var/lib/vm-console-broker")
 
@@ -39,6 +41,7 @@ class Settings:
     ping_timeout: float = 20.0
     max_message_size: int = 1024 * 1024
     log_level: str = "info"
+    static_consoles: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -115,6 +118,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             ping_timeout=_positive("ping_timeout", raw.get("ping_timeout", s.ping_timeout)),
             max_message_size=int(_positive("max_message_size", raw.get("max_message_size", s.max_message_size))),
             log_level=str(raw.get("log_level", s.log_level)).lower(),
+            static_consoles=_static_consoles(raw.get("static_consoles", {})),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -195,6 +199,25 @@ def _origins(value: Any) -> tuple[str, ...]:
         if not origin.startswith(("http://", "https://")) or origin.count("/") > 2:
             raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://panel.example.com")
     return origins
+
+
+def _static_consoles(value: Any) -> dict[str, str]:
+    """A TOML table name = "tcp:HOST:PORT" | "unix:/PATH", or `name=target,…` from the environment."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in _list(value)]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("static_consoles must be a list of NAME=tcp:HOST:PORT or NAME=unix:/PATH")
+        value = {name.strip(): target.strip() for name, target in pairs}
+    if not isinstance(value, dict):
+        raise ValueError("static_consoles must be a table of NAME = \"tcp:HOST:PORT\" or \"unix:/PATH\"")
+    for name, target in value.items():
+        if not name or "/" in name:
+            raise ValueError(f"static_consoles: {name!r} is not a usable console name")
+        try:
+            parse_target(str(target))
+        except ValueError as exc:
+            raise ValueError(f"static_consoles.{name}: {exc}") from None
+    return {str(name): str(target) for name, target in value.items()}
 
 
 def _keys(value: Any) -> tuple[str, ...]:

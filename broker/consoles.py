@@ -146,7 +146,10 @@ class LibvirtConsoles:
         if event in _ENDED and self._loop is not None:
             uuid = dom.UUIDString()
             for callback in self._on_ended:
-                self._loop.call_soon_threadsafe(callback, uuid)
+                try:
+                    self._loop.call_soon_threadsafe(callback, uuid)
+                except RuntimeError:  # our loop has closed: nobody is left to tell
+                    return
 
     def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
         log.warning("lost the connection to libvirt at %s (reason %d); reconnecting on next use", self.uri, reason)
@@ -229,23 +232,16 @@ class LibvirtConsoles:
         console = info.console(ref.index)
         endpoint = console.endpoint
         assert endpoint is not None
-        try:
-            if isinstance(endpoint, TcpEndpoint):
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(endpoint.host, endpoint.port), self.connect_timeout
-                )
-            elif isinstance(endpoint, UnixEndpoint):
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_unix_connection(endpoint.path), self.connect_timeout
-                )
-            else:
+        if isinstance(endpoint, FdEndpoint):
+            try:
                 fd = await self.run(_open_graphics_fd, ref.uuid, endpoint)
-                reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
-        except (OSError, asyncio.TimeoutError, BrokerError) as exc:
-            reason = exc.message if isinstance(exc, BrokerError) else _text(exc)
-            raise BrokerError(
-                CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {info.name!r} ({endpoint}): {reason}"
-            ) from None
+            except BrokerError as exc:
+                raise BrokerError(
+                    CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {info.name!r} ({endpoint}): {exc.message}"
+                ) from None
+            reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
+        else:
+            reader, writer = await connect_endpoint(info.name, endpoint, self.connect_timeout)
         if not await self.still_running(ref.uuid, info.run_id):
             writer.close()
             raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
@@ -262,6 +258,22 @@ class LibvirtConsoles:
     def close(self) -> None:
         self._executor.submit(self._drop)
         self._executor.shutdown(wait=True)
+
+
+async def connect_endpoint(
+    name: str, endpoint: TcpEndpoint | UnixEndpoint, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a stream to a TCP or UNIX-socket VNC endpoint, or say why not."""
+    try:
+        if isinstance(endpoint, TcpEndpoint):
+            connecting = asyncio.open_connection(endpoint.host, endpoint.port)
+        else:
+            connecting = asyncio.open_unix_connection(endpoint.path)
+        return await asyncio.wait_for(connecting, timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise BrokerError(
+            CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {name!r} ({endpoint}): {_text(exc)}"
+        ) from None
 
 
 # -- blocking helpers, run on the libvirt thread ---------------------------------------

@@ -107,6 +107,18 @@ def _parse_vnc(index: int, graphics: ET.Element) -> VncConsole:
     return VncConsole(index, TcpEndpoint(address, port), password=password)
 
 
+def parse_target(text: str) -> TcpEndpoint | UnixEndpoint:
+    """A static console target from the config: `tcp:HOST:PORT` or `unix:/path/to.sock`."""
+    kind, _, rest = text.partition(":")
+    if kind == "unix" and rest.startswith("/"):
+        return UnixEndpoint(rest)
+    if kind == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return TcpEndpoint(host.strip("[]"), int(port))
+    raise ValueError(f"a static console target must be tcp:HOST:PORT or unix:/PATH, got {text!r}")
+
+
 def _parse_port(text: str | None) -> int | None:
     try:
         port = int(text or "-1")

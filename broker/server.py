@@ -20,6 +20,8 @@ from .consoles import LibvirtConsoles
 from .logs import logging_config
 from .proxy import ForwardedHeaders, TrustedProxies
 from .sessions import ConsoleSessions
+from .graphics import parse_target
+from .static import CombinedConsoles, StaticConsoles
 from .tokens import MemoryTokenStore, Tokens
 
 log = logging.getLogger("broker.server")
@@ -96,7 +98,8 @@ def _remove_stale_socket(path: Path) -> None:
 def serve(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings.log_level))
     keys = ensure_api_keys(settings)
-    consoles = LibvirtConsoles(settings.connect)
+    targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
+    consoles = CombinedConsoles(StaticConsoles(targets), LibvirtConsoles(settings.connect))
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
     sessions = ConsoleSessions(MemoryTokenStore(), window=settings.session_window)
     broker = Broker(

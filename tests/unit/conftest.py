@@ -20,7 +20,7 @@ import pytest
 from broker.app import Broker, create_app
 from broker.consoles import LibvirtConsoles, start_libvirt_event_loop
 from broker.tokens import MemoryTokenStore, Tokens
-from unit_support import API_KEY, AUTH, TEST_URI, FakeClock, FakeVncServer
+from unit_support import API_KEY, AUTH, TEST_URI, FakeClock, FakeVncServer, mute
 
 with warnings.catch_warnings():
     # Starlette 1.x would like `httpx2`; the plain httpx that is installed works.
@@ -98,17 +98,6 @@ class Api:
 
 
 MakeApi = Callable[..., Api]
-
-
-def mute(consoles: LibvirtConsoles) -> None:
-    """Stop a LibvirtConsoles from handing lifecycle events to its event loop.
-
-    Needed before that loop closes: close() does not deregister the lifecycle
-    callback, and the test driver keeps a closed-but-referenced connection
-    delivering events, so later tests' domains would be reported to a closed loop
-    ("RuntimeError: Event loop is closed" on libvirt's event thread).
-    """
-    consoles._on_ended.clear()
 
 
 @pytest.fixture

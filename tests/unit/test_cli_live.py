@@ -16,8 +16,7 @@ from broker.app import Broker, create_app
 from broker.cli import CliError, _call, main
 from broker.consoles import LibvirtConsoles
 from broker.tokens import MemoryTokenStore, Tokens
-from conftest import mute
-from unit_support import API_KEY, BUILTIN_DOMAIN, TEST_URI, vnc_graphics
+from unit_support import API_KEY, mute, BUILTIN_DOMAIN, TEST_URI, vnc_graphics
 
 
 def serve_in_thread(app, sock: socket.socket) -> tuple[uvicorn.Server, threading.Thread]:

@@ -236,3 +236,18 @@ def test_non_numeric_ttl_is_named() -> None:
 
 def test_non_octal_uds_mode_is_named() -> None:
     assert "uds_mode" in config_error(environ={"BROKER_UDS_MODE": "rw"})
+
+
+def test_static_consoles_from_environment_and_file(tmp_path) -> None:
+    from broker.config import load_settings
+
+    settings = load_settings(environ={"BROKER_STATIC_CONSOLES": "a=tcp:127.0.0.1:5901, b=unix:/run/b.sock"})
+    assert settings.static_consoles == {"a": "tcp:127.0.0.1:5901", "b": "unix:/run/b.sock"}
+    config = tmp_path / "broker.toml"
+    config.write_text('[static_consoles]\ndesk = "tcp:[::1]:5902"\n')
+    assert load_settings(config, environ={}).static_consoles == {"desk": "tcp:[::1]:5902"}
+
+
+@pytest.mark.parametrize("value", ["a=tcp:host", "a=udp:h:1", "a=unix:relative.sock", "noequals", "a=tcp:h:70000"])
+def test_bad_static_console_is_named(value: str) -> None:
+    assert "static_consoles" in config_error(environ={"BROKER_STATIC_CONSOLES": value})

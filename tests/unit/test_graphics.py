@@ -319,3 +319,11 @@ def test_no_password_attribute_means_none() -> None:
 )
 def test_str_of_endpoints(endpoint: object, text: str) -> None:
     assert str(endpoint) == text
+
+
+def test_parse_target_forms() -> None:
+    from broker.graphics import parse_target
+
+    assert parse_target("tcp:127.0.0.1:5901") == TcpEndpoint("127.0.0.1", 5901)
+    assert parse_target("tcp:[::1]:5901") == TcpEndpoint("::1", 5901)
+    assert parse_target("unix:/run/vnc.sock") == UnixEndpoint("/run/vnc.sock")

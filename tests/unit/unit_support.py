@@ -6,6 +6,8 @@ import contextlib
 import socket
 import threading
 
+from broker.consoles import LibvirtConsoles
+
 TEST_URI = "test:///default"
 API_KEY = "k" * 32
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -82,3 +84,14 @@ class FakeVncServer:
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self.drop_clients()
+
+
+def mute(consoles: LibvirtConsoles) -> None:
+    """Stop a LibvirtConsoles from handing lifecycle events to its event loop.
+
+    Needed before that loop closes: close() does not deregister the lifecycle
+    callback, and the test driver keeps a closed-but-referenced connection
+    delivering events, so later tests' domains would be reported to a closed loop
+    ("RuntimeError: Event loop is closed" on libvirt's event thread).
+    """
+    consoles._on_ended.clear()
