@@ -26,6 +26,7 @@ from .errors import (
     CONSOLE_CLOSED,
     INVALID_INPUT,
     ORIGIN_REFUSED,
+    SHUTTING_DOWN,
     UNAUTHORIZED,
     UNSUPPORTED_DATA,
     VM_STOPPED,
@@ -62,6 +63,20 @@ class ConsoleSource(Protocol):
     async def still_running(self, uuid: str, run_id: int) -> bool: ...
 
 
+class LiveSession:
+    """A relayed console that something outside the relay may need to end, with a reason."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stop = asyncio.Event()
+        self.reason: BrokerError | None = None
+
+    def end(self, reason: BrokerError) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.stop.set()
+
+
 class Broker:
     """Request handlers bound to one console source, one token set and the API keys."""
 
@@ -85,18 +100,25 @@ class Broker:
         self.public_url = public_url
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.web_dir = web_dir
-        # Live sessions by domain UUID: set their event to end them with VM_STOPPED.
-        self.live: dict[str, set[asyncio.Event]] = {}
+        # Live sessions by domain UUID, so they can be ended from outside with a reason.
+        self.live: dict[str, set[LiveSession]] = {}
         consoles.on_domain_ended(self.domain_ended)
 
     def domain_ended(self, uuid: str) -> None:
         """The domain stopped, crashed or was undefined: end its sessions, spend its links."""
         sessions = self.live.get(uuid, set())
-        for stop in sessions:
-            stop.set()
+        for session in sessions:
+            session.end(BrokerError(VM_STOPPED, f"The virtual machine stopped: {session.name}."))
         revoked = self.tokens.revoke(uuid)
         if sessions or revoked:
             log.info("domain %s ended: closing %d session(s), revoking %d unused link(s)", uuid, len(sessions), revoked)
+
+    def end_all_sessions(self) -> int:
+        """On shutdown: close every session with 1001 and a reason, before the server goes."""
+        sessions = [session for group in self.live.values() for session in group]
+        for session in sessions:
+            session.end(BrokerError(SHUTTING_DOWN))
+        return len(sessions)
 
     # -- HTTP ------------------------------------------------------------------------
 
@@ -232,17 +254,17 @@ class Broker:
             await _close(websocket, exc)
             return
         log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
-        stop = asyncio.Event()
-        self.live.setdefault(domain.uuid, set()).add(stop)
+        session = LiveSession(domain.name)
+        self.live.setdefault(domain.uuid, set()).add(session)
         try:
-            end = await relay(websocket, stream.reader, stream.writer, stop=stop)
+            end = await relay(websocket, stream.reader, stream.writer, stop=session.stop)
         finally:
             live = self.live.get(domain.uuid, set())
-            live.discard(stop)
+            live.discard(session)
             if not live:
                 self.live.pop(domain.uuid, None)
-        if end is RelayEnd.STOPPED:
-            await _close(websocket, BrokerError(VM_STOPPED, f"The virtual machine stopped: {domain.name}."))
+        if end is RelayEnd.STOPPED and session.reason is not None:
+            await _close(websocket, session.reason)
         elif end is RelayEnd.BACKEND_CLOSED:
             failure = CONSOLE_CLOSED
             if await self._stopped(domain):

@@ -38,6 +38,8 @@ VM_STOPPED = Failure("vm_stopped", 4300, 410, "The virtual machine stopped.")
 CONSOLE_CLOSED = Failure("console_closed", 4301, 502, "The VNC server closed the connection.")
 UNSUPPORTED_DATA = Failure("unsupported_data", 4302, 400, "Only binary WebSocket messages are relayed.")
 
+SHUTTING_DOWN = Failure("shutting_down", 1001, 503, "The console broker is shutting down; reconnect in a moment.")
+
 # REST-only failures (never a WebSocket close).
 UNAUTHORIZED = Failure("unauthorized", 0, 401, "A valid API key is required (Authorization: Bearer <key>).")
 INVALID_INPUT = Failure("invalid_input", 0, 422, "The request is not valid.")

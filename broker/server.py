@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.config
@@ -95,6 +96,24 @@ def _remove_stale_socket(path: Path) -> None:
         probe.close()
 
 
+class BrokerServer(uvicorn.Server):
+    """uvicorn would close WebSockets with 1012 and no reason; we say 1001 and why, first."""
+
+    def __init__(self, config: uvicorn.Config, broker: Broker) -> None:
+        super().__init__(config)
+        self.broker = broker
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        ended = self.broker.end_all_sessions()
+        if ended:
+            log.info("shutting down: closing %d console session(s)", ended)
+            await asyncio.sleep(0.2)  # let the close frames go out before uvicorn closes the sockets
+        await super().shutdown(sockets)
+        # uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, which would kill us
+        # before serve() removes server.json and the socket file; we exit with status 0.
+        self._captured_signals.clear()
+
+
 def serve(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings.log_level))
     keys = ensure_api_keys(settings)
@@ -119,7 +138,7 @@ def serve(settings: Settings) -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=3,
     )
-    server = uvicorn.Server(config)
+    server = BrokerServer(config, broker)
     server_file = _write_server_file(settings, where)
     log.info("broker listening on %s, libvirt %s", where.get("url") or where.get("uds"), settings.connect)
     try:

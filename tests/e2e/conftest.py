@@ -34,9 +34,10 @@ CHROMIUM_ARGS = [
 def conn() -> Iterator[libvirt.virConnect]:
     connection = vms.connect()
     yield connection
+    cleanup = vms.connect()  # fresh: a later test may have restarted libvirtd
     for name in ("broker-test-e2e", "broker-test-tiny"):
-        vms.remove(connection, name)
-    connection.close()
+        vms.remove(cleanup, name)
+    cleanup.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,10 @@ def conn() -> Iterator[libvirt.virConnect]:
     connection = vms.connect()
     vms.remove_all_test_domains(connection)
     yield connection
-    vms.remove_all_test_domains(connection)
-    connection.close()
+    # A fresh connection: a test may have restarted libvirtd under the first one.
+    cleanup = vms.connect()
+    vms.remove_all_test_domains(cleanup)
+    cleanup.close()
 
 
 @pytest.fixture(scope="session")
