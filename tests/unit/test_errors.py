@@ -24,7 +24,9 @@ def test_slugs_are_distinct_snake_case() -> None:
 def test_websocket_close_codes_are_distinct_and_application_range() -> None:
     codes = [f.close_code for f in ALL_FAILURES if f.close_code]
     assert len(set(codes)) == len(codes)
-    assert all(4000 <= code <= 4999 for code in codes)
+    # Our own codes are in the application range; shutting down uses the standard 1001 (going away).
+    assert all(4000 <= code <= 4999 for code in codes if code != 1001)
+    assert [f.slug for f in ALL_FAILURES if f.close_code == 1001] == ["shutting_down"]
 
 
 def test_rest_only_failures_have_no_close_code() -> None:
@@ -65,3 +67,12 @@ def test_truncated_reason_is_valid_utf8_within_the_limit(text: str, limit: int) 
     cut = truncate_reason(text, limit)
     assert len(cut.encode()) <= limit
     assert cut == text or cut.endswith("...")
+
+
+def test_readme_documents_every_close_code() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for failure in ALL_FAILURES:
+        if failure.close_code:
+            assert f"| {failure.close_code} | `{failure.slug}` |" in readme, failure.slug
