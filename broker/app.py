@@ -8,6 +8,8 @@ import hmac
 import html
 import json
 import logging
+import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Protocol
@@ -25,13 +27,20 @@ from .consoles import DomainInfo, Stream
 from .errors import (
     CONSOLE_CLOSED,
     INVALID_INPUT,
+    BUSY,
+    IDLE_TIMEOUT,
     ORIGIN_REFUSED,
+    RATE_LIMITED,
+    SESSION_TIME_LIMIT,
     SHUTTING_DOWN,
+    TOO_MANY_SESSIONS,
+    TOO_MANY_VIEWERS,
     UNAUTHORIZED,
     UNSUPPORTED_DATA,
     VM_STOPPED,
     BrokerError,
 )
+from .limits import RateLimiter
 from .relay import RelayEnd, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
 from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
@@ -63,6 +72,19 @@ class ConsoleSource(Protocol):
     async def still_running(self, uuid: str, run_id: int) -> bool: ...
 
 
+@dataclass(frozen=True)
+class SessionLimits:
+    """Caps on console sessions; 0 turns idle_timeout and max_session_length off."""
+
+    max_sessions: int = 1024
+    max_viewers: int = 16
+    max_pending: int = 64
+    idle_timeout: float = 0.0
+    max_session_length: float = 0.0
+    mint_rate: float = 120.0
+    mint_burst: int = 30
+
+
 class LiveSession:
     """A relayed console that something outside the relay may need to end, with a reason."""
 
@@ -90,6 +112,7 @@ class Broker:
         sessions: ConsoleSessions | None = None,
         allowed_origins: tuple[str, ...] = (),
         web_dir: Path = WEB_DIR,
+        limits: SessionLimits = SessionLimits(),
     ) -> None:
         if not api_keys:
             raise ValueError("at least one API key is required")
@@ -100,8 +123,12 @@ class Broker:
         self.public_url = public_url
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.web_dir = web_dir
+        self.limits = limits
+        self.mint_limiter = RateLimiter(limits.mint_rate, limits.mint_burst)
         # Live sessions by domain UUID, so they can be ended from outside with a reason.
         self.live: dict[str, set[LiveSession]] = {}
+        self.session_count = 0
+        self.pending = 0
         consoles.on_domain_ended(self.domain_ended)
 
     def domain_ended(self, uuid: str) -> None:
@@ -132,7 +159,10 @@ class Broker:
         return JSONResponse({"domains": [d.to_json() for d in domains]})
 
     async def create_console(self, request: Request) -> Response:
-        self.authorize(request)
+        key_index = self.authorize(request)
+        wait = self.mint_limiter.allow(str(key_index))
+        if wait:
+            raise BrokerError(RATE_LIMITED, retry_after=wait)
         body = await _json_body(request)
         unknown = set(body) - {"ttl", "graphics"}
         if unknown:
@@ -146,15 +176,20 @@ class Broker:
             raise BrokerError(INVALID_INPUT, "graphics must be a device index (0 or more).")
         domain = await self.consoles.find(request.path_params["ident"])
         console = domain.console(index)
+        self.check_viewers(domain.uuid)
         minted = self.tokens.mint(ConsoleRef(domain.uuid, console.index), domain.name, ttl)
         log.info("minted a console token for domain %s (%s), ttl %gs", domain.name, domain.uuid, ttl)
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
 
-    def authorize(self, request: Request) -> None:
+    def authorize(self, request: Request) -> int:
+        """The index of the API key presented, or UNAUTHORIZED."""
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         presented = key.strip().encode()
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(presented, k) for k in self.api_keys):
+        # Compare with every key (no early exit), so timing says nothing about which matched.
+        matches = [hmac.compare_digest(presented, k) for k in self.api_keys]
+        if scheme.lower() != "bearer" or not any(matches):
             raise BrokerError(UNAUTHORIZED)
+        return matches.index(True)
 
     def token_json(self, request: HTTPConnection, minted: MintedToken, domain: DomainInfo) -> dict[str, Any]:
         base = self.base_url(request)
@@ -245,10 +280,7 @@ class Broker:
         await websocket.accept(subprotocol="binary" if "binary" in offered else None)
         client = _client(websocket)
         try:
-            if not self.origin_allowed(websocket):
-                raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']}.")
-            grant = authorize()
-            domain, stream = await self.consoles.open(grant.console)
+            domain, stream = await self.open_session(websocket, authorize)
         except BrokerError as exc:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
             await _close(websocket, exc)
@@ -256,24 +288,59 @@ class Broker:
         log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
         session = LiveSession(domain.name)
         self.live.setdefault(domain.uuid, set()).add(session)
+        self.session_count += 1
+        limit = self.limits.max_session_length
+        timer = asyncio.get_running_loop().call_later(limit, session.end, BrokerError(SESSION_TIME_LIMIT)) if limit else None
         try:
-            end = await relay(websocket, stream.reader, stream.writer, stop=session.stop)
+            end = await relay(
+                websocket, stream.reader, stream.writer, stop=session.stop, idle_timeout=self.limits.idle_timeout
+            )
         finally:
+            if timer is not None:
+                timer.cancel()
+            self.session_count -= 1
             live = self.live.get(domain.uuid, set())
             live.discard(session)
             if not live:
                 self.live.pop(domain.uuid, None)
-        if end is RelayEnd.STOPPED and session.reason is not None:
-            await _close(websocket, session.reason)
-        elif end is RelayEnd.BACKEND_CLOSED:
-            failure = CONSOLE_CLOSED
-            if await self._stopped(domain):
-                failure = VM_STOPPED
-            error = BrokerError(failure, f"{failure.summary.rstrip('.')}: {domain.name}.")
-            await _close(websocket, error)
-        elif end is RelayEnd.CLIENT_SENT_TEXT:
-            await _close(websocket, BrokerError(UNSUPPORTED_DATA))
+        await _close(websocket, await self.end_reason(end, session, domain))
         log.info("console session for %s from %s ended: %s", domain.name, client, end.value)
+
+    async def open_session(self, websocket: WebSocket, authorize: Callable[[], Grant]) -> tuple[DomainInfo, Stream]:
+        """Every check before a console is relayed, cheapest first; the link is spent only
+        once the broker-wide limits allow the session."""
+        if not self.origin_allowed(websocket):
+            raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']}.")
+        if self.session_count + self.pending >= self.limits.max_sessions:
+            raise BrokerError(TOO_MANY_SESSIONS)
+        if self.pending >= self.limits.max_pending:
+            raise BrokerError(BUSY)
+        self.pending += 1
+        try:
+            grant = authorize()
+            self.check_viewers(grant.console.uuid)
+            return await self.consoles.open(grant.console)
+        finally:
+            self.pending -= 1
+
+    def check_viewers(self, uuid: str) -> None:
+        if len(self.live.get(uuid, ())) >= self.limits.max_viewers:
+            raise BrokerError(
+                TOO_MANY_VIEWERS, f"This console already has {self.limits.max_viewers} viewers, the most allowed."
+            )
+
+    async def end_reason(self, end: RelayEnd, session: LiveSession, domain: DomainInfo) -> BrokerError | None:
+        """What to tell the client when the relay ended (None: the client left by itself)."""
+        if end is RelayEnd.STOPPED:
+            return session.reason
+        if end is RelayEnd.IDLE:
+            return BrokerError(IDLE_TIMEOUT, f"The console was closed after {self.limits.idle_timeout:g} s without input.")
+        if end is RelayEnd.CLIENT_SENT_TEXT:
+            return BrokerError(UNSUPPORTED_DATA)
+        if end is RelayEnd.BACKEND_CLOSED:
+            failure = VM_STOPPED if await self._stopped(domain) else CONSOLE_CLOSED
+            return BrokerError(failure, f"{failure.summary.rstrip('.')}: {domain.name}.")
+        return None
 
     def origin_allowed(self, connection: HTTPConnection) -> bool:
         """Browsers always send Origin: it must be ours or configured. Without Origin
@@ -351,7 +418,11 @@ def create_app(broker: Broker) -> Starlette:
 
 async def _broker_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BrokerError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.failure is UNAUTHORIZED else None
+    headers = {}
+    if exc.failure is UNAUTHORIZED:
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return JSONResponse(exc.to_json(), status_code=exc.failure.http_status, headers=headers)
 
 
@@ -374,7 +445,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _close(websocket: WebSocket, error: BrokerError) -> None:
+async def _close(websocket: WebSocket, error: BrokerError | None) -> None:
+    if error is None:
+        return
     try:
         await websocket.close(error.failure.close_code, error.close_reason)
     except Exception:  # already gone: nobody is left to tell

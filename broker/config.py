@@ -41,6 +41,14 @@ class Settings:
     ping_timeout: float = 20.0
     max_message_size: int = 1024 * 1024
     log_level: str = "info"
+    max_sessions: int = 1024
+    max_viewers: int = 16
+    max_pending: int = 64
+    header_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    max_session_length: float = 0.0
+    mint_rate: float = 120.0
+    mint_burst: int = 30
     static_consoles: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -119,6 +127,14 @@ def _validate(raw: dict[str, Any]) -> Settings:
             max_message_size=int(_positive("max_message_size", raw.get("max_message_size", s.max_message_size))),
             log_level=str(raw.get("log_level", s.log_level)).lower(),
             static_consoles=_static_consoles(raw.get("static_consoles", {})),
+            max_sessions=_count("max_sessions", raw.get("max_sessions", s.max_sessions)),
+            max_viewers=_count("max_viewers", raw.get("max_viewers", s.max_viewers)),
+            max_pending=_count("max_pending", raw.get("max_pending", s.max_pending)),
+            header_timeout=_positive("header_timeout", raw.get("header_timeout", s.header_timeout)),
+            idle_timeout=_non_negative("idle_timeout", raw.get("idle_timeout", s.idle_timeout)),
+            max_session_length=_non_negative("max_session_length", raw.get("max_session_length", s.max_session_length)),
+            mint_rate=_positive("mint_rate", raw.get("mint_rate", s.mint_rate)),
+            mint_burst=_count("mint_burst", raw.get("mint_burst", s.mint_burst)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -163,6 +179,13 @@ def _non_negative(name: str, value: Any) -> float:
     if number < 0:
         raise ValueError(f"{name} must be 0 (off) or more, got {value!r}")
     return number
+
+
+def _count(name: str, value: Any) -> int:
+    number = _positive(name, value)
+    if number != int(number):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
 
 
 def _mode(value: Any) -> int:

@@ -38,11 +38,17 @@ VM_STOPPED = Failure("vm_stopped", 4300, 410, "The virtual machine stopped.")
 CONSOLE_CLOSED = Failure("console_closed", 4301, 502, "The VNC server closed the connection.")
 UNSUPPORTED_DATA = Failure("unsupported_data", 4302, 400, "Only binary WebSocket messages are relayed.")
 
+TOO_MANY_SESSIONS = Failure("too_many_sessions", 4400, 429, "The broker serves as many consoles as it may; try again later.")
+TOO_MANY_VIEWERS = Failure("too_many_viewers", 4401, 429, "This console already has as many viewers as allowed.")
+BUSY = Failure("busy", 4402, 503, "Too many consoles are being opened at once; try again in a moment.")
+IDLE_TIMEOUT = Failure("idle_timeout", 4403, 408, "The console was closed after a time without input.")
+SESSION_TIME_LIMIT = Failure("session_time_limit", 4404, 408, "The console reached its maximum session length.")
 SHUTTING_DOWN = Failure("shutting_down", 1001, 503, "The console broker is shutting down; reconnect in a moment.")
 
 # REST-only failures (never a WebSocket close).
 UNAUTHORIZED = Failure("unauthorized", 0, 401, "A valid API key is required (Authorization: Bearer <key>).")
 INVALID_INPUT = Failure("invalid_input", 0, 422, "The request is not valid.")
+RATE_LIMITED = Failure("rate_limited", 0, 429, "Too many console links were asked for with this API key; slow down.")
 
 ALL_FAILURES = [value for value in dict(globals()).values() if isinstance(value, Failure)]
 
@@ -50,9 +56,10 @@ ALL_FAILURES = [value for value in dict(globals()).values() if isinstance(value,
 class BrokerError(Exception):
     """A failure with an optional detail a person can act on."""
 
-    def __init__(self, failure: Failure, detail: str | None = None) -> None:
+    def __init__(self, failure: Failure, detail: str | None = None, *, retry_after: float | None = None) -> None:
         self.failure = failure
         self.detail = detail
+        self.retry_after = retry_after
         super().__init__(self.message)
 
     @property

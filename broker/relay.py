@@ -23,6 +23,7 @@ class RelayEnd(enum.Enum):
     BACKEND_CLOSED = "backend closed"
     CLIENT_SENT_TEXT = "client sent a text message"
     STOPPED = "stopped from outside"
+    IDLE = "no input from the client for too long"
 
 
 async def relay(
@@ -31,12 +32,15 @@ async def relay(
     writer: asyncio.StreamWriter,
     *,
     stop: asyncio.Event | None = None,
+    idle_timeout: float = 0.0,
     read_size: int = READ_SIZE,
 ) -> RelayEnd:
-    """Relay until one side ends or `stop` is set; close the stream (not the WebSocket) and say why."""
-    upstream = asyncio.create_task(_client_to_backend(websocket, writer))
+    """Relay until one side ends, `stop` is set, or the client sends nothing for
+    `idle_timeout` seconds (0: never); close the stream (not the WebSocket) and say why."""
+    activity = _Activity()
+    upstream = asyncio.create_task(_client_to_backend(websocket, writer, activity))
     downstream = asyncio.create_task(_backend_to_client(reader, websocket, read_size))
-    stopped = asyncio.create_task(_wait_stop(stop))
+    stopped = asyncio.create_task(_wait_stop(stop, activity, idle_timeout))
     tasks = (upstream, downstream, stopped)
     try:
         done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -52,18 +56,38 @@ async def relay(
     return RelayEnd.CLIENT_CLOSED
 
 
-async def _wait_stop(stop: asyncio.Event | None) -> RelayEnd:
-    if stop is None:
-        await asyncio.Future()  # never
-    else:
+class _Activity:
+    """When the client last sent something: one float store per message, no timer per message."""
+
+    __slots__ = ("last_input",)
+
+    def __init__(self) -> None:
+        self.last_input = asyncio.get_running_loop().time()
+
+
+async def _wait_stop(stop: asyncio.Event | None, activity: _Activity, idle_timeout: float) -> RelayEnd:
+    stop = stop or asyncio.Event()
+    if not idle_timeout:
         await stop.wait()
-    return RelayEnd.STOPPED
+        return RelayEnd.STOPPED
+    loop = asyncio.get_running_loop()
+    while True:
+        remaining = activity.last_input + idle_timeout - loop.time()
+        if remaining <= 0:
+            return RelayEnd.IDLE
+        try:
+            await asyncio.wait_for(stop.wait(), remaining)
+            return RelayEnd.STOPPED
+        except asyncio.TimeoutError:
+            pass
 
 
-async def _client_to_backend(websocket: WebSocket, writer: asyncio.StreamWriter) -> RelayEnd:
+async def _client_to_backend(websocket: WebSocket, writer: asyncio.StreamWriter, activity: _Activity) -> RelayEnd:
     receive = websocket.receive
+    loop = asyncio.get_running_loop()
     while True:
         message = await receive()
+        activity.last_input = loop.time()
         if message["type"] == "websocket.disconnect":
             return RelayEnd.CLIENT_CLOSED
         data = message.get("bytes")

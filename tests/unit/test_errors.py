@@ -30,7 +30,7 @@ def test_websocket_close_codes_are_distinct_and_application_range() -> None:
 
 
 def test_rest_only_failures_have_no_close_code() -> None:
-    assert {f.slug for f in ALL_FAILURES if not f.close_code} == {"unauthorized", "invalid_input"}
+    assert {f.slug for f in ALL_FAILURES if not f.close_code} == {"unauthorized", "invalid_input", "rate_limited"}
 
 
 def test_http_statuses_are_errors() -> None:

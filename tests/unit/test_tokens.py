@@ -253,3 +253,16 @@ def test_any_string_only_ever_raises_broker_error(token: str) -> None:
     with pytest.raises(BrokerError) as caught:
         tokens.redeem(token)
     assert caught.value.failure in (TOKEN_MISSING, TOKEN_INVALID)
+
+
+def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
+    from broker.limits import RateLimiter
+
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_minute=60, burst=3, clock=clock)
+    assert [limiter.allow("k") for _ in range(3)] == [0, 0, 0]
+    wait = limiter.allow("k")
+    assert 0 < wait <= 1.0
+    assert limiter.allow("other") == 0, "keys have their own buckets"
+    clock.advance(1.0)
+    assert limiter.allow("k") == 0
