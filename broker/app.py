@@ -9,7 +9,6 @@ import html
 import json
 import logging
 import math
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Protocol
@@ -40,7 +39,7 @@ from .errors import (
     VM_STOPPED,
     BrokerError,
 )
-from .limits import RateLimiter
+from .limits import RateLimiter, SessionLimits
 from .relay import RelayEnd, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
 from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
@@ -70,19 +69,6 @@ class ConsoleSource(Protocol):
     async def find(self, ident: str) -> DomainInfo: ...
     async def open(self, ref: ConsoleRef) -> tuple[DomainInfo, Stream]: ...
     async def still_running(self, uuid: str, run_id: int) -> bool: ...
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    """Caps on console sessions; 0 turns idle_timeout and max_session_length off."""
-
-    max_sessions: int = 1024
-    max_viewers: int = 16
-    max_pending: int = 64
-    idle_timeout: float = 0.0
-    max_session_length: float = 0.0
-    mint_rate: float = 120.0
-    mint_burst: int = 30
 
 
 class LiveSession:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .graphics import parse_target
+from .limits import SessionLimits
 
 DEFAULT_STATE_DIR = Path("/var/lib/vm-console-broker")
 
@@ -41,14 +42,19 @@ class Settings:
     ping_timeout: float = 20.0
     max_message_size: int = 1024 * 1024
     log_level: str = "info"
-    max_sessions: int = 1024
-    max_viewers: int = 16
-    max_pending: int = 64
+    # Defaults live in one place: SessionLimits.
+    max_sessions: int = SessionLimits.max_sessions
+    max_viewers: int = SessionLimits.max_viewers
+    max_pending: int = SessionLimits.max_pending
     header_timeout: float = 10.0
-    idle_timeout: float = 0.0
-    max_session_length: float = 0.0
-    mint_rate: float = 120.0
-    mint_burst: int = 30
+    idle_timeout: float = SessionLimits.idle_timeout
+    max_session_length: float = SessionLimits.max_session_length
+    mint_rate: float = SessionLimits.mint_rate
+    mint_burst: int = SessionLimits.mint_burst
+
+    @property
+    def limits(self) -> SessionLimits:
+        return SessionLimits(**{f.name: getattr(self, f.name) for f in fields(SessionLimits)})
     static_consoles: Mapping[str, str] = field(default_factory=dict)
 
     @property

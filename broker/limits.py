@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Caps on console sessions; 0 turns idle_timeout and max_session_length off."""
+
+    max_sessions: int = 1024
+    max_viewers: int = 16
+    max_pending: int = 64
+    idle_timeout: float = 0.0
+    max_session_length: float = 0.0
+    mint_rate: float = 120.0
+    mint_burst: int = 30
 
 
 class RateLimiter:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .app import Broker, SessionLimits, create_app
+from .app import Broker, create_app
 from .config import Settings
 from .consoles import LibvirtConsoles
 from .limits import header_timeout_protocol
@@ -122,15 +122,6 @@ def serve(settings: Settings) -> None:
     consoles = CombinedConsoles(StaticConsoles(targets), LibvirtConsoles(settings.connect))
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
     sessions = ConsoleSessions(MemoryTokenStore(), window=settings.session_window)
-    limits = SessionLimits(
-        max_sessions=settings.max_sessions,
-        max_viewers=settings.max_viewers,
-        max_pending=settings.max_pending,
-        idle_timeout=settings.idle_timeout,
-        max_session_length=settings.max_session_length,
-        mint_rate=settings.mint_rate,
-        mint_burst=settings.mint_burst,
-    )
     broker = Broker(
         consoles,
         tokens,
@@ -138,7 +129,7 @@ def serve(settings: Settings) -> None:
         settings.public_url,
         sessions=sessions,
         allowed_origins=settings.allowed_origins,
-        limits=limits,
+        limits=settings.limits,
     )
     app = ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies))
     sock, where = bind_socket(settings)
