@@ -42,6 +42,7 @@ from .errors import (
 from .limits import RateLimiter, SessionLimits
 from .relay import RelayEnd, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
+from .vncauth import ClientLeft, authenticate
 from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
 
 log = logging.getLogger("broker.app")
@@ -271,6 +272,15 @@ class Broker:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
             await _close(websocket, exc)
             return
+        if stream.password:
+            try:
+                await authenticate(websocket, stream, domain.name)
+            except (BrokerError, ClientLeft) as exc:
+                stream.writer.close()
+                if isinstance(exc, BrokerError):
+                    log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
+                    await _close(websocket, exc)
+                return
         log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
         session = LiveSession(domain.name)
         self.live.setdefault(domain.uuid, set()).add(session)

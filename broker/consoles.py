@@ -122,6 +122,8 @@ class Stream:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     endpoint: Endpoint
+    # The VNC password, read from libvirt at connect time; never logged or shown.
+    password: str | None = field(default=None, repr=False)
 
 
 class LibvirtConsoles:
@@ -228,7 +230,8 @@ class LibvirtConsoles:
         can never be reached (CVE-2013-0335): we connect to what the live XML of that
         UUID says, then check the same run of the domain still holds it.
         """
-        info = await self.find(ref.uuid)
+        # The secure XML: it holds the VNC password, which only this path may read.
+        info = await self.run(_find, ref.uuid, True)
         console = info.console(ref.index)
         endpoint = console.endpoint
         assert endpoint is not None
@@ -245,7 +248,7 @@ class LibvirtConsoles:
         if not await self.still_running(ref.uuid, info.run_id):
             writer.close()
             raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
-        return info, Stream(reader, writer, endpoint)
+        return info, Stream(reader, writer, endpoint, console.password)
 
     async def still_running(self, uuid: str, run_id: int) -> bool:
         """Is this same run of the domain still active? False also when it vanished."""
@@ -279,11 +282,11 @@ async def connect_endpoint(
 # -- blocking helpers, run on the libvirt thread ---------------------------------------
 
 
-def _describe(dom: libvirt.virDomain) -> DomainInfo:
+def _describe(dom: libvirt.virDomain, secure: bool = False) -> DomainInfo:
     state, _reason = dom.state()
     active = bool(dom.isActive())
     try:
-        consoles = parse_graphics(dom.XMLDesc(0))
+        consoles = parse_graphics(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE if secure else 0))
     except GraphicsXMLError:
         consoles = []
     return DomainInfo(
@@ -307,13 +310,13 @@ def _list_domains(conn: libvirt.virConnect) -> list[DomainInfo]:
     return sorted(found, key=lambda d: d.name)
 
 
-def _find(conn: libvirt.virConnect, ident: str) -> DomainInfo:
+def _find(conn: libvirt.virConnect, ident: str, secure: bool = False) -> DomainInfo:
     try:
         if _is_uuid(ident):
             dom = conn.lookupByUUIDString(ident)
         else:
             dom = conn.lookupByName(ident)
-        return _describe(dom)
+        return _describe(dom, secure)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             raise BrokerError(DOMAIN_NOT_FOUND, f"No domain named or with UUID {ident!r}.") from None

@@ -32,6 +32,8 @@ DOMAIN_NOT_RUNNING = Failure("domain_not_running", 4201, 409, "The virtual machi
 NO_CONSOLE = Failure("no_console", 4202, 409, "The virtual machine has no VNC console.")
 CONSOLE_UNREACHABLE = Failure("console_unreachable", 4203, 502, "The VNC console could not be reached.")
 LIBVIRT_UNAVAILABLE = Failure("libvirt_unavailable", 4204, 503, "libvirt is not reachable right now.")
+VNC_AUTH_FAILED = Failure("vnc_auth_failed", 4206, 502, "The VM's VNC server refused the password libvirt has for it.")
+VNC_HANDSHAKE_FAILED = Failure("vnc_handshake_failed", 4207, 502, "The VNC handshake failed.")
 LIBVIRT_ERROR = Failure("libvirt_error", 4205, 502, "libvirt refused the request.")
 
 VM_STOPPED = Failure("vm_stopped", 4300, 410, "The virtual machine stopped.")

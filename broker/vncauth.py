@@ -1,0 +1,66 @@
+"""VNC authentication on the user's behalf: the I/O around broker/rfb.py's machines.
+
+When a console has a password, the broker logs in to QEMU itself and then offers the
+browser security type None, so the password never leaves the broker. QEMU goes first:
+a wrong password fails before the browser has seen a byte. After both handshakes,
+what each side already sent for the next phase is forwarded and the relay takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.websockets import WebSocket
+
+from .consoles import Stream
+from .errors import VNC_AUTH_FAILED, VNC_HANDSHAKE_FAILED, BrokerError
+from .rfb import ClientSide, RFBError, ServerSide
+
+HANDSHAKE_TIMEOUT = 30.0
+
+
+class ClientLeft(Exception):
+    """The browser went away during the handshake: nobody to tell anything."""
+
+
+async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Log in to the VNC server with stream.password, then hand the browser a None handshake.
+
+    Raises BrokerError (with a reason for the browser) or ClientLeft.
+    """
+    try:
+        await asyncio.wait_for(_both_sides(websocket, stream), timeout)
+    except asyncio.TimeoutError:
+        raise BrokerError(VNC_HANDSHAKE_FAILED, f"The VNC handshake with {name!r} took longer than {timeout:g} s.") from None
+    except RFBError as exc:
+        failure = VNC_AUTH_FAILED if exc.kind == "auth_failed" else VNC_HANDSHAKE_FAILED
+        raise BrokerError(failure, f"{failure.summary.rstrip('.')} ({name}: {exc.message}).") from None
+
+
+async def _both_sides(websocket: WebSocket, stream: Stream) -> None:
+    server = ServerSide(stream.password)
+    while not server.done:
+        data = await stream.reader.read(4096)
+        if not data:
+            server.eof()
+        server.receive_data(data)
+        stream.writer.write(server.data_to_send())
+    client = ClientSide()
+    while True:
+        outgoing = client.data_to_send()
+        if outgoing:
+            await websocket.send({"type": "websocket.send", "bytes": outgoing})
+        if client.done:
+            break
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise ClientLeft
+        data = message.get("bytes")
+        if data is None:
+            raise RFBError("protocol", "the browser sent a text message during the handshake")
+        client.receive_data(data)
+    if client.leftover:
+        stream.writer.write(client.leftover)
+    if server.leftover:
+        await websocket.send({"type": "websocket.send", "bytes": server.leftover})
+    await stream.writer.drain()

@@ -1,0 +1,99 @@
+"""VNC authentication on the user's behalf, against QEMU's real VNC password check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import libvirt
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from support import vms
+from support.processes import BrokerProcess
+from support.rfb_client import WsBytes, handshake, request_update
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "s3cret"
+NEW_PASSWORD = "n3wpass"
+
+
+@pytest.fixture(scope="module")
+def locked_vm(conn: libvirt.virConnect):
+    graphics = f"<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1' passwd='{PASSWORD}'/>"
+    dom = vms.define(conn, "broker-test-passwd", graphics)
+    yield dom
+    vms.remove(conn, dom.name())
+
+
+def mint(broker: BrokerProcess, domain: str) -> dict:
+    response = broker.api("POST", f"/api/v1/domains/{domain}/console")
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def offered_security_types(url: str) -> list[int]:
+    with connect(url) as ws:
+        stream = WsBytes(ws)
+        assert stream.read_exact(12) == b"RFB 003.008\n"
+        ws.send(b"RFB 003.008\n")
+        count = stream.read_exact(1)[0]
+        return list(stream.read_exact(count))
+
+
+def test_password_protected_console_opens_with_none_offered(broker: BrokerProcess, locked_vm) -> None:
+    assert offered_security_types(mint(broker, locked_vm.name())["websocket_url"]) == [1]
+    with connect(mint(broker, locked_vm.name())["websocket_url"]) as ws:
+        init = handshake(ws)
+        assert init.name == f"QEMU ({locked_vm.name()})"
+        rectangles, _ = request_update(ws, init)
+        assert rectangles >= 1
+
+
+def test_password_appears_nowhere(broker: BrokerProcess, locked_vm) -> None:
+    minted = mint(broker, locked_vm.name())
+    with connect(minted["websocket_url"]) as ws:
+        handshake(ws)
+    listing = broker.api("GET", "/api/v1/domains").text
+    cli = broker.cli("domains", "--json").stdout
+    for text in (json.dumps(minted), listing, cli, broker.log()):
+        assert PASSWORD not in text
+
+
+def test_password_changed_live_is_read_at_connect_time(broker: BrokerProcess, locked_vm) -> None:
+    update = (
+        f"<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1' passwd='{NEW_PASSWORD}' connected='keep'/>"
+    )
+    locked_vm.updateDeviceFlags(update, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    try:
+        with connect(mint(broker, locked_vm.name())["websocket_url"]) as ws:
+            assert handshake(ws).width > 0
+        assert NEW_PASSWORD not in broker.log()
+    finally:
+        restore = update.replace(NEW_PASSWORD, PASSWORD)
+        locked_vm.updateDeviceFlags(restore, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+def test_password_changed_behind_libvirts_back_is_a_clear_close(broker: BrokerProcess, locked_vm) -> None:
+    """QEMU's password set through its monitor: libvirt (and so the broker) has the old one."""
+    subprocess.run(
+        ["virsh", "-c", vms.URI, "qemu-monitor-command", locked_vm.name(), "--hmp", "set_password vnc other1"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        with connect(mint(broker, locked_vm.name())["websocket_url"]) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4206
+        assert "Authentication failed" in closed.value.rcvd.reason
+    finally:
+        subprocess.run(
+            ["virsh", "-c", vms.URI, "qemu-monitor-command", locked_vm.name(), "--hmp", f"set_password vnc {PASSWORD}"],
+            check=True,
+            capture_output=True,
+        )
+    assert "other1" not in broker.log()
