@@ -1,4 +1,4 @@
-"""The Starlette application: REST API, health check and the WebSocket relay route."""
+"""The Starlette application: REST API, health check, console page and the WebSocket routes."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from starlette.websockets import WebSocket
 
 from .consoles import DomainInfo, Stream
 from .errors import (
-    CONSOLE_CLOSED,
-    INVALID_INPUT,
     BUSY,
+    CONSOLE_CLOSED,
     IDLE_TIMEOUT,
+    INVALID_INPUT,
     ORIGIN_REFUSED,
     RATE_LIMITED,
     SESSION_TIME_LIMIT,
@@ -42,8 +42,8 @@ from .errors import (
 from .limits import RateLimiter, SessionLimits
 from .relay import RelayEnd, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
-from .vncauth import ClientLeft, authenticate
 from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
+from .vncauth import ClientLeft, authenticate
 
 log = logging.getLogger("broker.app")
 
@@ -62,7 +62,7 @@ STOP_CONFIRM_SECONDS = 1.5
 
 
 class ConsoleSource(Protocol):
-    """What the app needs from a console source (libvirt today, static targets later)."""
+    """What the app needs from a console source: libvirt, static consoles, or both combined."""
 
     def on_domain_ended(self, callback: Callable[[str], None]) -> None: ...
     async def healthy(self) -> tuple[bool, str]: ...
