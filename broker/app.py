@@ -75,7 +75,8 @@ class ConsoleSource(Protocol):
 class LiveSession:
     """A relayed console that something outside the relay may need to end, with a reason."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, uuid: str, name: str) -> None:
+        self.uuid = uuid
         self.name = name
         self.stop = asyncio.Event()
         self.reason: BrokerError | None = None
@@ -267,42 +268,36 @@ class Broker:
         await websocket.accept(subprotocol="binary" if "binary" in offered else None)
         client = _client(websocket)
         try:
-            domain, stream = await self.open_session(websocket, authorize)
+            session, domain, stream = await self.open_session(websocket, authorize)
         except BrokerError as exc:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
             await _close(websocket, exc)
             return
-        if stream.password:
-            try:
-                await authenticate(websocket, stream, domain.name)
-            except (BrokerError, ClientLeft) as exc:
-                stream.writer.close()
-                if isinstance(exc, BrokerError):
-                    log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
-                    await _close(websocket, exc)
-                return
-        log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
-        session = LiveSession(domain.name)
-        self.live.setdefault(domain.uuid, set()).add(session)
-        self.session_count += 1
         limit = self.limits.max_session_length
         timer = asyncio.get_running_loop().call_later(limit, session.end, BrokerError(SESSION_TIME_LIMIT)) if limit else None
         try:
+            if stream.password:
+                await authenticate(websocket, stream, domain.name)
+            log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
             end = await relay(
                 websocket, stream.reader, stream.writer, stop=session.stop, idle_timeout=self.limits.idle_timeout
             )
+        except (BrokerError, ClientLeft) as exc:  # from the VNC-auth handshake
+            stream.writer.close()
+            if isinstance(exc, BrokerError):
+                log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
+                await _close(websocket, exc)
+            return
         finally:
             if timer is not None:
                 timer.cancel()
-            self.session_count -= 1
-            live = self.live.get(domain.uuid, set())
-            live.discard(session)
-            if not live:
-                self.live.pop(domain.uuid, None)
+            self.forget(session)
         await _close(websocket, await self.end_reason(end, session, domain))
         log.info("console session for %s from %s ended: %s", domain.name, client, end.value)
 
-    async def open_session(self, websocket: WebSocket, authorize: Callable[[], Grant]) -> tuple[DomainInfo, Stream]:
+    async def open_session(
+        self, websocket: WebSocket, authorize: Callable[[], Grant]
+    ) -> tuple[LiveSession, DomainInfo, Stream]:
         """Every check before a console is relayed, cheapest first; the link is spent only
         once the broker-wide limits allow the session."""
         if not self.origin_allowed(websocket):
@@ -315,9 +310,25 @@ class Broker:
         try:
             grant = authorize()
             self.check_viewers(grant.console.uuid)
-            return await self.consoles.open(grant.console)
+            # Counted from here, before the awaits: opens that overlap must see each other.
+            session = LiveSession(grant.console.uuid, grant.name)
+            self.live.setdefault(session.uuid, set()).add(session)
+            self.session_count += 1
+            try:
+                domain, stream = await self.consoles.open(grant.console)
+            except BaseException:
+                self.forget(session)
+                raise
+            return session, domain, stream
         finally:
             self.pending -= 1
+
+    def forget(self, session: LiveSession) -> None:
+        self.session_count -= 1
+        live = self.live.get(session.uuid, set())
+        live.discard(session)
+        if not live:
+            self.live.pop(session.uuid, None)
 
     def check_viewers(self, uuid: str) -> None:
         if len(self.live.get(uuid, ())) >= self.limits.max_viewers:
@@ -428,13 +439,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": {"code": slug, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers)
 
 
+MAX_BODY = 16 * 1024  # a console request is a few bytes of JSON
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise BrokerError(INVALID_INPUT, f"The request body is larger than {MAX_BODY} bytes.")
     if not raw.strip():
         return {}
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BrokerError(INVALID_INPUT, "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BrokerError(INVALID_INPUT, "The request body must be a JSON object.")

@@ -18,7 +18,7 @@ import uvicorn
 from .app import Broker, create_app
 from .config import Settings
 from .consoles import LibvirtConsoles
-from .limits import header_timeout_protocol
+from .limits import QuietLateResponses, guarded_http_protocol
 from .logs import logging_config
 from .proxy import ForwardedHeaders, TrustedProxies
 from .sessions import ConsoleSessions
@@ -131,11 +131,11 @@ def serve(settings: Settings) -> None:
         allowed_origins=settings.allowed_origins,
         limits=settings.limits,
     )
-    app = ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies))
+    app = QuietLateResponses(ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies)))
     sock, where = bind_socket(settings)
     config = uvicorn.Config(
         app,
-        http=header_timeout_protocol(settings.header_timeout),
+        http=guarded_http_protocol(settings.header_timeout),
         ws="websockets-sansio",
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval or None,

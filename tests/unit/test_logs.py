@@ -153,4 +153,4 @@ def test_logging_config_keeps_a_line_with_a_formatted_key_parameter(
 def test_logging_config_level() -> None:
     config = logging_config("warning")
     assert {config["loggers"][name]["level"] for name in CONFIGURED} == {"WARNING"}
-    assert config["handlers"]["stderr"]["filters"] == ["redact"]
+    assert config["handlers"]["stderr"]["filters"] == ["quiet", "redact"]
