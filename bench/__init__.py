@@ -1,0 +1,1 @@
+"""Peer benchmark of the broker against websockify and a direct connection; see docs/benchmarks.md."""
