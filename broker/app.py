@@ -280,10 +280,10 @@ class Broker:
                 await authenticate(websocket, stream, domain.name)
             log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
             end = await relay(
-                websocket, stream.reader, stream.writer, stop=session.stop, idle_timeout=self.limits.idle_timeout
+                websocket, stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout
             )
         except (BrokerError, ClientLeft) as exc:  # from the VNC-auth handshake
-            stream.writer.close()
+            stream.backend.close()
             if isinstance(exc, BrokerError):
                 log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
                 await _close(websocket, exc)

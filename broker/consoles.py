@@ -1,7 +1,7 @@
 """Where is the console? The libvirt side of the broker.
 
 Finds domains, reads their VNC graphics from the live XML and opens a stream to
-one. The relay never sees anything from here but an open (reader, writer) pair.
+one. The relay never sees anything from here but an open BackendConnection.
 
 libvirt-python's calls block, so they run on one dedicated worker thread: the
 asyncio loop never waits on libvirtd, and libvirt sees calls one at a time.
@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import libvirt
 
+from .backend import BackendConnection
 from .errors import (
     CONSOLE_UNREACHABLE,
     DOMAIN_NOT_FOUND,
@@ -119,8 +120,7 @@ class DomainInfo:
 
 @dataclass
 class Stream:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    backend: BackendConnection
     endpoint: Endpoint
     # The VNC password, read from libvirt at connect time; never logged or shown.
     password: str | None = field(default=None, repr=False)
@@ -242,13 +242,15 @@ class LibvirtConsoles:
                 raise BrokerError(
                     CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {info.name!r} ({endpoint}): {exc.message}"
                 ) from None
-            reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
+            _transport, backend = await asyncio.get_running_loop().create_connection(
+                BackendConnection, sock=socket.socket(fileno=fd)
+            )
         else:
-            reader, writer = await connect_endpoint(info.name, endpoint, self.connect_timeout)
+            backend = await connect_endpoint(info.name, endpoint, self.connect_timeout)
         if not await self.still_running(ref.uuid, info.run_id):
-            writer.close()
+            backend.close()
             raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
-        return info, Stream(reader, writer, endpoint, console.password)
+        return info, Stream(backend, endpoint, console.password)
 
     async def still_running(self, uuid: str, run_id: int) -> bool:
         """Is this same run of the domain still active? False also when it vanished."""
@@ -263,16 +265,16 @@ class LibvirtConsoles:
         self._executor.shutdown(wait=True)
 
 
-async def connect_endpoint(
-    name: str, endpoint: TcpEndpoint | UnixEndpoint, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a stream to a TCP or UNIX-socket VNC endpoint, or say why not."""
+async def connect_endpoint(name: str, endpoint: TcpEndpoint | UnixEndpoint, timeout: float) -> BackendConnection:
+    """Connect to a TCP or UNIX-socket VNC endpoint, or say why not."""
+    loop = asyncio.get_running_loop()
     try:
         if isinstance(endpoint, TcpEndpoint):
-            connecting = asyncio.open_connection(endpoint.host, endpoint.port)
+            connecting = loop.create_connection(BackendConnection, endpoint.host, endpoint.port)
         else:
-            connecting = asyncio.open_unix_connection(endpoint.path)
-        return await asyncio.wait_for(connecting, timeout)
+            connecting = loop.create_unix_connection(BackendConnection, endpoint.path)
+        _transport, backend = await asyncio.wait_for(connecting, timeout)
+        return backend
     except (OSError, asyncio.TimeoutError) as exc:
         raise BrokerError(
             CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {name!r} ({endpoint}): {_text(exc)}"

@@ -15,6 +15,8 @@ import enum
 
 from starlette.websockets import WebSocket
 
+from .backend import BackendConnection
+
 READ_SIZE = 64 * 1024
 
 
@@ -28,8 +30,7 @@ class RelayEnd(enum.Enum):
 
 async def relay(
     websocket: WebSocket,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    backend: BackendConnection,
     *,
     stop: asyncio.Event | None = None,
     idle_timeout: float = 0.0,
@@ -38,8 +39,8 @@ async def relay(
     """Relay until one side ends, `stop` is set, or the client sends nothing for
     `idle_timeout` seconds (0: never); close the stream (not the WebSocket) and say why."""
     activity = _Activity()
-    upstream = asyncio.create_task(_client_to_backend(websocket, writer, activity))
-    downstream = asyncio.create_task(_backend_to_client(reader, websocket, read_size))
+    upstream = asyncio.create_task(_client_to_backend(websocket, backend, activity))
+    downstream = asyncio.create_task(_backend_to_client(backend, websocket, read_size))
     stopped = asyncio.create_task(_wait_stop(stop, activity, idle_timeout))
     tasks = (upstream, downstream, stopped)
     try:
@@ -48,7 +49,7 @@ async def relay(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        writer.close()
+        backend.close()
     # If several finished together, the first in this order is the one to report.
     for task in (stopped, upstream, downstream):
         if task in done and not task.cancelled() and task.exception() is None:
@@ -82,7 +83,7 @@ async def _wait_stop(stop: asyncio.Event | None, activity: _Activity, idle_timeo
             pass
 
 
-async def _client_to_backend(websocket: WebSocket, writer: asyncio.StreamWriter, activity: _Activity) -> RelayEnd:
+async def _client_to_backend(websocket: WebSocket, backend: BackendConnection, activity: _Activity) -> RelayEnd:
     receive = websocket.receive
     loop = asyncio.get_running_loop()
     while True:
@@ -93,18 +94,18 @@ async def _client_to_backend(websocket: WebSocket, writer: asyncio.StreamWriter,
         data = message.get("bytes")
         if data is None:
             return RelayEnd.CLIENT_SENT_TEXT
-        writer.write(data)
+        backend.write(data)
         try:
-            await writer.drain()
+            await backend.drain()
         except (ConnectionError, OSError):
             return RelayEnd.BACKEND_CLOSED
 
 
-async def _backend_to_client(reader: asyncio.StreamReader, websocket: WebSocket, read_size: int) -> RelayEnd:
+async def _backend_to_client(backend: BackendConnection, websocket: WebSocket, read_size: int) -> RelayEnd:
     send = websocket.send
     while True:
         try:
-            data = await reader.read(read_size)
+            data = await backend.read(read_size)
         except (ConnectionError, OSError):
             data = b""
         if not data:

@@ -64,8 +64,8 @@ class CombinedConsoles:
             return await self.libvirt.open(ref)
         endpoint = info.console(ref.index).endpoint
         assert isinstance(endpoint, (TcpEndpoint, UnixEndpoint))
-        reader, writer = await connect_endpoint(info.name, endpoint, self.static.connect_timeout)
-        return info, Stream(reader, writer, endpoint)
+        backend = await connect_endpoint(info.name, endpoint, self.static.connect_timeout)
+        return info, Stream(backend, endpoint)
 
     async def still_running(self, uuid: str, run_id: int) -> bool:
         return uuid in self.static.by_uuid or await self.libvirt.still_running(uuid, run_id)

@@ -40,11 +40,11 @@ async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout:
 async def _both_sides(websocket: WebSocket, stream: Stream) -> None:
     server = ServerSide(stream.password)
     while not server.done:
-        data = await stream.reader.read(4096)
+        data = await stream.backend.read(4096)
         if not data:
             server.eof()
         server.receive_data(data)
-        stream.writer.write(server.data_to_send())
+        stream.backend.write(server.data_to_send())
     client = ClientSide()
     while True:
         outgoing = client.data_to_send()
@@ -60,7 +60,7 @@ async def _both_sides(websocket: WebSocket, stream: Stream) -> None:
             raise RFBError("protocol", "the browser sent a text message during the handshake")
         client.receive_data(data)
     if client.leftover:
-        stream.writer.write(client.leftover)
+        stream.backend.write(client.leftover)
     if server.leftover:
         await websocket.send({"type": "websocket.send", "bytes": server.leftover})
-    await stream.writer.drain()
+    await stream.backend.drain()

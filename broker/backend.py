@@ -1,0 +1,144 @@
+"""The VNC side of a console session: a plain asyncio Protocol instead of a StreamReader.
+
+Before the relay starts, bytes are buffered for `read()` (the VNC-auth handshake, the
+generic relay). Once spliced to a WebSocket, every chunk goes straight to the sink
+as it arrives: no copy into a buffer and back out, no task switch, no pause and resume
+of reading per chunk. That is where asyncio's streams spent most of the downstream time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+# Stop reading from the VNC server while this much is buffered and nobody reads it.
+BUFFER_LIMIT = 1024 * 1024
+
+
+class Sink(Protocol):
+    """Where a spliced backend delivers: the relay's other side."""
+
+    def backend_data(self, data: bytes) -> None: ...
+    def backend_closed(self) -> None: ...
+    def backend_can_write(self) -> None: ...
+
+
+class BackendConnection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._closed = False
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._sink: Sink | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink.backend_data(data)
+            return
+        self._buffer += data
+        self._wake_reader()
+        if len(self._buffer) > BUFFER_LIMIT and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self._end()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+        self._write_paused = False
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+        if self._sink is not None:
+            self._sink.backend_can_write()
+
+    # -- used before splicing ------------------------------------------------------------
+
+    async def read(self, limit: int) -> bytes:
+        """Up to `limit` bytes, waiting for at least one; b"" once the server has closed."""
+        while not self._buffer and not self._closed:
+            self._data_waiter = asyncio.get_running_loop().create_future()
+            await self._data_waiter
+        data = bytes(self._buffer[:limit])
+        del self._buffer[:limit]
+        if self._read_paused and len(self._buffer) <= BUFFER_LIMIT // 2:
+            self._read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        return data
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        while self._write_paused and not self._closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+        if self._closed:
+            raise ConnectionResetError("the VNC server closed the connection")
+
+    # -- used by both ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def pause_reading(self) -> None:
+        if not self._closed:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        if not self._closed:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def splice(self, sink: Sink) -> bytes:
+        """From now on deliver to `sink`; returns what was buffered and not yet read."""
+        self._sink = sink
+        leftover, self._buffer = bytes(self._buffer), bytearray()
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if self._closed:
+            sink.backend_closed()
+        return leftover
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _end(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake_reader()
+        if self._sink is not None:
+            self._sink.backend_closed()
+
+    def _wake_reader(self) -> None:
+        if self._data_waiter is not None and not self._data_waiter.done():
+            self._data_waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
