@@ -42,6 +42,7 @@ from .errors import (
 from .limits import RateLimiter, SessionLimits
 from .relay import RelayEnd, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
+from .splice import EXTENSION as SPLICE
 from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
 from .vncauth import ClientLeft, authenticate
 
@@ -279,9 +280,11 @@ class Broker:
             if stream.password:
                 await authenticate(websocket, stream, domain.name)
             log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
-            end = await relay(
-                websocket, stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout
-            )
+            splicer = websocket.scope.get("extensions", {}).get(SPLICE)
+            if splicer is not None:  # served by our uvicorn protocol: the fast path
+                end = await splicer.splice(stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout)
+            else:
+                end = await relay(websocket, stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout)
         except (BrokerError, ClientLeft) as exc:  # from the VNC-auth handshake
             stream.backend.close()
             if isinstance(exc, BrokerError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from typing import Protocol
 
 from starlette.websockets import WebSocket
 
@@ -41,7 +42,7 @@ async def relay(
     activity = _Activity()
     upstream = asyncio.create_task(_client_to_backend(websocket, backend, activity))
     downstream = asyncio.create_task(_backend_to_client(backend, websocket, read_size))
-    stopped = asyncio.create_task(_wait_stop(stop, activity, idle_timeout))
+    stopped = asyncio.create_task(idle_or_stopped(stop, activity, idle_timeout))
     tasks = (upstream, downstream, stopped)
     try:
         done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -66,7 +67,12 @@ class _Activity:
         self.last_input = asyncio.get_running_loop().time()
 
 
-async def _wait_stop(stop: asyncio.Event | None, activity: _Activity, idle_timeout: float) -> RelayEnd:
+class HasLastInput(Protocol):
+    last_input: float
+
+
+async def idle_or_stopped(stop: asyncio.Event | None, activity: HasLastInput, idle_timeout: float) -> RelayEnd:
+    """Wait for `stop`, or for `idle_timeout` seconds (0: never) without client input."""
     stop = stop or asyncio.Event()
     if not idle_timeout:
         await stop.wait()

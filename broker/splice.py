@@ -1,0 +1,181 @@
+"""The relay's fast path: the WebSocket spliced to the VNC connection below ASGI.
+
+Through ASGI every message costs a queue hop, a task switch, two epoll_ctl calls (uvicorn
+pauses reading after each message until the app asks for the next) and an await per
+direction; with 16-byte input events that was most of the broker's time. Once the app
+has accepted and authorized a console, it hands both connections to this protocol: frames
+from the browser are written to the VNC socket as they are parsed, and VNC bytes are
+framed and written to the browser as they arrive, in the transports' callbacks.
+
+Backpressure stays bounded both ways: when the VNC socket's write buffer is over its
+high-water mark we stop reading from the browser, and when the browser's is, we stop
+reading from the VNC server. Pings, close frames and protocol errors are still handled
+by uvicorn's protocol underneath. The app keeps working unchanged when served some other
+way (Starlette's TestClient, another ASGI server): without the scope extension it falls
+back to the generic relay in relay.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from .backend import BackendConnection
+from .relay import RelayEnd, idle_or_stopped
+
+EXTENSION = "vm-console-broker.splice"
+
+
+class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets protocol, able to splice an accepted connection to a backend."""
+
+    _sink: _Splice | None = None
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:
+            scope["extensions"][EXTENSION] = self
+
+    async def splice(
+        self, backend: BackendConnection, *, stop: asyncio.Event, idle_timeout: float = 0.0
+    ) -> RelayEnd:
+        """Relay until one side ends, `stop` is set, or the browser is idle too long."""
+        sink = _Splice(self, backend)
+        # What the browser sent before the splice is still queued for the app: it goes first.
+        while not self.queue.empty():
+            message = self.queue.get_nowait()
+            if message["type"] == "websocket.disconnect":
+                return RelayEnd.CLIENT_CLOSED
+            if message.get("bytes") is None:
+                return RelayEnd.CLIENT_SENT_TEXT
+            backend.write(message["bytes"])
+        self._sink = sink
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        leftover = backend.splice(sink)
+        if leftover:
+            sink.backend_data(leftover)
+        try:
+            watcher = asyncio.ensure_future(idle_or_stopped(stop, sink, idle_timeout))
+            done, _ = await asyncio.wait({sink.ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            return sink.ended.result() if sink.ended in done else watcher.result()
+        finally:
+            self._sink = None
+            sink.finish(RelayEnd.STOPPED)
+            backend.close()
+
+    # -- uvicorn's hooks, diverted while spliced ----------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is None:
+            super().data_received(data)
+            return
+        # One read may hold hundreds of small input events: parse them all, then write
+        # them to the VNC server with one system call instead of one per message.
+        sink.batching = True
+        try:
+            super().data_received(data)
+        finally:
+            sink.flush()
+
+    def send_receive_event_to_app(self) -> None:
+        sink = self._sink
+        if sink is None:
+            super().send_receive_event_to_app()
+            return
+        if self.curr_msg_data_type == "text":
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:  # uvicorn closes with 1007 (invalid payload data)
+                super().send_receive_event_to_app()
+                sink.finish(RelayEnd.CLIENT_CLOSED)
+                return
+            self.frames = []
+            sink.finish(RelayEnd.CLIENT_SENT_TEXT)
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        sink.client_data(data)
+
+    def handle_close(self, event: Any) -> None:
+        super().handle_close(event)
+        if self._sink is not None:
+            self._sink.finish(RelayEnd.CLIENT_CLOSED)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._sink is not None:
+            self._sink.finish(RelayEnd.CLIENT_CLOSED)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._sink is not None:
+            self._sink.backend.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._sink is not None:
+            self._sink.backend.resume_reading()
+
+
+class _Splice:
+    """Both directions of one spliced session (the backend's Sink)."""
+
+    def __init__(self, protocol: SplicingWebSocketProtocol, backend: BackendConnection) -> None:
+        self.protocol = protocol
+        self.backend = backend
+        self.loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[RelayEnd] = self.loop.create_future()
+        self.last_input = self.loop.time()
+        self.batching = False
+        self.batch: list[bytes] = []
+
+    def finish(self, end: RelayEnd) -> None:
+        if not self.ended.done():
+            self.ended.set_result(end)
+
+    def client_data(self, data: bytes) -> None:
+        """A binary message from the browser: to the VNC server, now."""
+        self.last_input = self.loop.time()
+        if self.batching:
+            self.batch.append(data)
+            return
+        self.backend.write(data)
+        self.check_backend_buffer()
+
+    def flush(self) -> None:
+        self.batching = False
+        if self.batch:
+            data = self.batch[0] if len(self.batch) == 1 else b"".join(self.batch)
+            self.batch = []
+            self.backend.write(data)
+            self.check_backend_buffer()
+
+    def check_backend_buffer(self) -> None:
+        protocol = self.protocol
+        if self.backend.write_paused and not protocol.read_paused:
+            protocol.read_paused = True
+            protocol.transport.pause_reading()
+
+    def backend_data(self, data: bytes) -> None:
+        """Bytes from the VNC server: one binary frame to the browser, now."""
+        protocol = self.protocol
+        if self.ended.done() or protocol.close_sent or protocol.transport.is_closing():
+            return
+        protocol.conn.send_binary(data)
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+
+    def backend_closed(self) -> None:
+        self.finish(RelayEnd.BACKEND_CLOSED)
+
+    def backend_can_write(self) -> None:
+        protocol = self.protocol
+        if protocol.read_paused and not self.ended.done():
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
