@@ -303,6 +303,9 @@ def main() -> None:
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render results.md and the plot")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the broker")
     args = parser.parse_args()
+    # Killed from outside (`timeout`, CI): unwind through the finally blocks that stop the
+    # backend and relays, instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.report:
         saved = json.loads(args.report.read_text())
         results = saved.pop("results")
