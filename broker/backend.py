@@ -122,10 +122,6 @@ class BackendConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def _end(self) -> None:
         if self._closed:
             return

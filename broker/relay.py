@@ -1,11 +1,13 @@
-"""The byte pump between a browser's WebSocket and a VNC stream.
+"""The generic byte pump between a browser's WebSocket and a VNC connection, over ASGI.
 
 Knows nothing of libvirt or tokens: it gets an accepted WebSocket and an open
-stream, moves bytes both ways until one side ends, and says which side it was.
+BackendConnection, moves bytes both ways until one side ends, and says which side it
+was. The broker's own server uses the faster splice (splice.py); this path serves any
+other ASGI server and Starlette's TestClient.
 
-Backpressure both ways, no unbounded queue: each direction is one loop that
-reads a bounded chunk and awaits the write before reading again (the WebSocket
-send waits for uvicorn's transport to drain; the stream write awaits drain()).
+Backpressure both ways, no unbounded queue: each direction is one loop that reads a
+bounded chunk and awaits the write before reading again (the WebSocket send waits for
+uvicorn's transport to drain; the backend write awaits drain()).
 """
 
 from __future__ import annotations
@@ -110,10 +112,7 @@ async def _client_to_backend(websocket: WebSocket, backend: BackendConnection, a
 async def _backend_to_client(backend: BackendConnection, websocket: WebSocket, read_size: int) -> RelayEnd:
     send = websocket.send
     while True:
-        try:
-            data = await backend.read(read_size)
-        except (ConnectionError, OSError):
-            data = b""
+        data = await backend.read(read_size)  # b"" once the VNC server has closed
         if not data:
             return RelayEnd.BACKEND_CLOSED
         try:
