@@ -4,15 +4,16 @@ Through ASGI every message costs a queue hop, a task switch, two epoll_ctl calls
 pauses reading after each message until the app asks for the next) and an await per
 direction; with 16-byte input events that was most of the broker's time. Once the app
 has accepted and authorized a console, it hands both connections to this protocol: frames
-from the browser are written to the VNC socket as they are parsed, and VNC bytes are
-framed and written to the browser as they arrive, in the transports' callbacks.
+from the browser are unmasked by our own reader (wsframes.py) and written to the VNC
+socket, all frames of one read in one write; VNC bytes get a frame header and go to the
+browser with one vectored write, in the transports' callbacks.
 
 Backpressure stays bounded both ways: when the VNC socket's write buffer is over its
 high-water mark we stop reading from the browser, and when the browser's is, we stop
-reading from the VNC server. Pings, close frames and protocol errors are still handled
-by uvicorn's protocol underneath. The app keeps working unchanged when served some other
-way (Starlette's TestClient, another ASGI server): without the scope extension it falls
-back to the generic relay in relay.py.
+reading from the VNC server. Pings, close frames, text and protocol errors are still
+handled by uvicorn's protocol and websockets underneath. The app keeps working unchanged
+when served some other way (Starlette's TestClient, another ASGI server): without the
+scope extension it falls back to the generic relay in relay.py.
 """
 
 from __future__ import annotations
@@ -24,14 +25,33 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from .backend import BackendConnection
 from .relay import RelayEnd, idle_or_stopped
+from .wsframes import ClientFrameReader, server_frame_header
 
 EXTENSION = "vm-console-broker.splice"
+# Below this size, copying the payload behind its header costs less than a vectored write.
+VECTORED_WRITE_FROM = 4096
+
+
+def parser_between_frames(conn: Any) -> bool:
+    """Whether websockets' parser has consumed nothing of a next frame.
+
+    Only then can our reader (wsframes.py) take over the byte stream. websockets' parser
+    is a generator; between frames it waits in `StreamReader.at_eof` with an empty buffer.
+    If a websockets release changes that, this says False and the relay keeps using
+    websockets' parser: slower, never wrong (a unit test catches the change).
+    """
+    generator = conn.parser
+    while getattr(generator, "gi_yieldfrom", None) is not None:
+        generator = generator.gi_yieldfrom
+    code = getattr(generator, "gi_code", None)
+    return code is not None and code.co_name == "at_eof" and not conn.reader.buffer
 
 
 class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets protocol, able to splice an accepted connection to a backend."""
 
     _sink: _Splice | None = None
+    _reader: ClientFrameReader | None = None  # None: websockets' own parser reads frames
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -52,7 +72,12 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             if message.get("bytes") is None:
                 return RelayEnd.CLIENT_SENT_TEXT
             backend.write(message["bytes"])
+        if self.frames and self.curr_msg_data_type == "bytes":
+            # The first fragments of a message still in progress: they go first too.
+            frames, self.frames = self.frames, []
+            backend.write(b"".join(frames))
         self._sink = sink
+        self._reader = ClientFrameReader(self.conn) if parser_between_frames(self.conn) else None
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
@@ -76,13 +101,23 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         if sink is None:
             super().data_received(data)
             return
-        # One read may hold hundreds of small input events: parse them all, then write
-        # them to the VNC server with one system call instead of one per message.
-        sink.batching = True
-        try:
+        reader = self._reader
+        if reader is None:
+            # websockets was mid-frame when the splice began: let it finish that frame.
             super().data_received(data)
-        finally:
-            sink.flush()
+            if self._sink is not None and parser_between_frames(self.conn):
+                self._reader = ClientFrameReader(self.conn)
+            return
+        while data:
+            parsed = reader.feed(data)
+            if parsed.payload:
+                sink.client_data(parsed.payload)
+            if parsed.handover:
+                # A control frame, text, or something malformed: websockets answers it.
+                super().data_received(parsed.handover)
+                if self._sink is None:
+                    return
+            data = parsed.rest
 
     def send_receive_event_to_app(self) -> None:
         sink = self._sink
@@ -99,9 +134,8 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             self.frames = []
             sink.finish(RelayEnd.CLIENT_SENT_TEXT)
             return
-        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-        self.frames = []
-        sink.client_data(data)
+        frames, self.frames = self.frames, []
+        sink.client_data(frames)
 
     def handle_close(self, event: Any) -> None:
         super().handle_close(event)
@@ -133,29 +167,16 @@ class _Splice:
         self.loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[RelayEnd] = self.loop.create_future()
         self.last_input = self.loop.time()
-        self.batching = False
-        self.batch: list[bytes] = []
 
     def finish(self, end: RelayEnd) -> None:
         if not self.ended.done():
             self.ended.set_result(end)
 
-    def client_data(self, data: bytes) -> None:
-        """A binary message from the browser: to the VNC server, now."""
+    def client_data(self, payload: list[bytes]) -> None:
+        """Bytes from the browser (all frames of one read): to the VNC server in one write."""
         self.last_input = self.loop.time()
-        if self.batching:
-            self.batch.append(data)
-            return
-        self.backend.write(data)
+        self.backend.write(payload[0] if len(payload) == 1 else b"".join(payload))
         self.check_backend_buffer()
-
-    def flush(self) -> None:
-        self.batching = False
-        if self.batch:
-            data = self.batch[0] if len(self.batch) == 1 else b"".join(self.batch)
-            self.batch = []
-            self.backend.write(data)
-            self.check_backend_buffer()
 
     def check_backend_buffer(self) -> None:
         protocol = self.protocol
@@ -168,8 +189,11 @@ class _Splice:
         protocol = self.protocol
         if self.ended.done() or protocol.close_sent or protocol.transport.is_closing():
             return
-        protocol.conn.send_binary(data)
-        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        header = server_frame_header(len(data))
+        if len(data) < VECTORED_WRITE_FROM:
+            protocol.transport.write(header + data)
+        else:  # one writev() for header and payload: no copy of a large framebuffer update
+            protocol.transport.writelines((header, data))
 
     def backend_closed(self) -> None:
         self.finish(RelayEnd.BACKEND_CLOSED)
