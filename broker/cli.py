@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-import httpx
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
@@ -131,6 +130,8 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     settings = load_settings(args.config)
     server = args.server or os.environ.get("BROKER_SERVER") or _local_server(settings)
     key = os.environ.get("BROKER_API_KEY") or _local_key(settings)
+    import httpx  # here, not at the top: `broker serve` never needs it (~8 MiB of modules)
+
     if server.startswith("unix:"):
         transport = httpx.HTTPTransport(uds=server[len("unix:"):])
         base = "http://localhost"

@@ -31,8 +31,6 @@ import struct
 from collections.abc import Generator
 from typing import Literal
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 Kind = Literal["protocol", "auth_failed", "refused", "unsupported_security"]
 
@@ -67,6 +65,11 @@ def vnc_auth_response(password: str, challenge: bytes) -> bytes:
     encrypted with DES-ECB. The key is the password's first 8 UTF-8 bytes, NUL-padded (QEMU
     reads libvirt's string the same way), with each byte's bits reversed: a quirk of the
     original VNC code that every server has kept."""
+    # Imported here: only consoles with a VNC password need it, and the module's native
+    # library costs every broker process ~6 MiB of resident memory otherwise.
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
     key = bytes(int(f"{byte:08b}"[::-1], 2) for byte in password.encode()[:8].ljust(8, b"\0"))
     # Triple DES with three equal keys is single DES; `cryptography` has no plain DES.
     encryptor = Cipher(TripleDES(key * 3), modes.ECB()).encryptor()
