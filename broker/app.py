@@ -79,13 +79,15 @@ class LiveSession:
     def __init__(self, uuid: str, name: str) -> None:
         self.uuid = uuid
         self.name = name
-        self.stop = asyncio.Event()
+        # A Future, not an Event: one is held per open session, and an Event costs ~8x more.
+        self.stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reason: BrokerError | None = None
 
     def end(self, reason: BrokerError) -> None:
         if self.reason is None:
             self.reason = reason
-        self.stop.set()
+        if not self.stop.done():
+            self.stop.set_result(None)
 
 
 class Broker:

@@ -134,10 +134,17 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
                 self._cancel_deadline()  # the head is in: the request is being served
 
         def handle_websocket_upgrade(self, event: Any) -> None:
-            # Keep the deadline: it now waits for the WebSocket handshake to complete.
+            # Keep the deadline: it now waits for the WebSocket handshake to complete. It is
+            # re-armed on the transport alone, so that this h11 protocol object (~3 KiB) is
+            # freed at once instead of living on in the timer for the rest of the deadline.
             self._guarded_after = None
             self.cycle = None
+            deadline = self._deadline
+            self._deadline = None
             super().handle_websocket_upgrade(event)
+            if deadline is not None and not deadline.cancelled():
+                deadline.cancel()
+                self.loop.call_at(deadline.when(), _close_unless_handshaken, self.transport)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -157,17 +164,17 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
             self._deadline = None
             if self.transport.is_closing():
                 return
-            current = self.transport.get_protocol()
-            if current is not self:  # upgraded: fine once the WebSocket handshake is done
-                if getattr(current, "handshake_complete", False):
-                    return
-                self.transport.close()
-                return
             if self.cycle is self._guarded_after:
                 self.transport.write(_TOO_SLOW)
                 self.transport.close()
 
     return GuardedH11Protocol
+
+
+def _close_unless_handshaken(transport: Any) -> None:
+    """The upgraded connection's deadline: the WebSocket handshake must be done by now."""
+    if not transport.is_closing() and not getattr(transport.get_protocol(), "handshake_complete", False):
+        transport.close()
 
 
 class _AnsweredAlready(Exception):

@@ -35,11 +35,11 @@ async def relay(
     websocket: WebSocket,
     backend: BackendConnection,
     *,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Future[None] | None = None,
     idle_timeout: float = 0.0,
     read_size: int = READ_SIZE,
 ) -> RelayEnd:
-    """Relay until one side ends, `stop` is set, or the client sends nothing for
+    """Relay until one side ends, `stop` is done, or the client sends nothing for
     `idle_timeout` seconds (0: never); close the stream (not the WebSocket) and say why."""
     activity = _Activity()
     upstream = asyncio.create_task(_client_to_backend(websocket, backend, activity))
@@ -73,22 +73,20 @@ class HasLastInput(Protocol):
     last_input: float
 
 
-async def idle_or_stopped(stop: asyncio.Event | None, activity: HasLastInput, idle_timeout: float) -> RelayEnd:
+async def idle_or_stopped(stop: asyncio.Future[None] | None, activity: HasLastInput, idle_timeout: float) -> RelayEnd:
     """Wait for `stop`, or for `idle_timeout` seconds (0: never) without client input."""
-    stop = stop or asyncio.Event()
-    if not idle_timeout:
-        await stop.wait()
-        return RelayEnd.STOPPED
     loop = asyncio.get_running_loop()
+    stop = stop or loop.create_future()
+    if not idle_timeout:
+        await asyncio.shield(stop)
+        return RelayEnd.STOPPED
     while True:
         remaining = activity.last_input + idle_timeout - loop.time()
         if remaining <= 0:
             return RelayEnd.IDLE
-        try:
-            await asyncio.wait_for(stop.wait(), remaining)
+        done, _ = await asyncio.wait({stop}, timeout=remaining)  # never cancels `stop`
+        if done:
             return RelayEnd.STOPPED
-        except asyncio.TimeoutError:
-            pass
 
 
 async def _client_to_backend(websocket: WebSocket, backend: BackendConnection, activity: _Activity) -> RelayEnd:

@@ -24,7 +24,7 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .backend import BackendConnection
-from .relay import RelayEnd, idle_or_stopped
+from .relay import RelayEnd
 from .wsframes import ClientFrameReader, server_frame_header
 
 EXTENSION = "vm-console-broker.splice"
@@ -60,9 +60,9 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][EXTENSION] = self
 
     async def splice(
-        self, backend: BackendConnection, *, stop: asyncio.Event, idle_timeout: float = 0.0
+        self, backend: BackendConnection, *, stop: asyncio.Future[None], idle_timeout: float = 0.0
     ) -> RelayEnd:
-        """Relay until one side ends, `stop` is set, or the browser is idle too long."""
+        """Relay until one side ends, `stop` is done, or the browser is idle too long."""
         sink = _Splice(self, backend)
         # What the browser sent before the splice is still queued for the app: it goes first.
         while not self.queue.empty():
@@ -76,6 +76,8 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             # The first fragments of a message still in progress: they go first too.
             frames, self.frames = self.frames, []
             backend.write(b"".join(frames))
+        # The handshake is long done: its parsed headers are ~4 KiB a session, kept for nothing.
+        self.request = self.response = None  # type: ignore[assignment]
         self._sink = sink
         self._reader = ClientFrameReader(self.conn) if parser_between_frames(self.conn) else None
         if self.read_paused:
@@ -84,12 +86,14 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         leftover = backend.splice(sink)
         if leftover:
             sink.backend_data(leftover)
+        # Callbacks and one timer, not a watcher task: a task per session is memory at 1000.
+        stop.add_done_callback(sink.stopped)
+        if idle_timeout:
+            sink.watch_idle(idle_timeout)
         try:
-            watcher = asyncio.ensure_future(idle_or_stopped(stop, sink, idle_timeout))
-            done, _ = await asyncio.wait({sink.ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            watcher.cancel()
-            return sink.ended.result() if sink.ended in done else watcher.result()
+            return await sink.ended
         finally:
+            stop.remove_done_callback(sink.stopped)
             self._sink = None
             sink.finish(RelayEnd.STOPPED)
             backend.close()
@@ -167,10 +171,25 @@ class _Splice:
         self.loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[RelayEnd] = self.loop.create_future()
         self.last_input = self.loop.time()
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     def finish(self, end: RelayEnd) -> None:
         if not self.ended.done():
             self.ended.set_result(end)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def stopped(self, _stop: asyncio.Future[None]) -> None:
+        self.finish(RelayEnd.STOPPED)
+
+    def watch_idle(self, idle_timeout: float) -> None:
+        """End the session once the browser has sent nothing for `idle_timeout` seconds."""
+        due = self.last_input + idle_timeout
+        if due <= self.loop.time():
+            self.finish(RelayEnd.IDLE)
+        elif not self.ended.done():
+            self.idle_timer = self.loop.call_at(due, self.watch_idle, idle_timeout)
 
     def client_data(self, payload: list[bytes]) -> None:
         """Bytes from the browser (all frames of one read): to the VNC server in one write."""
