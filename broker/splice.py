@@ -25,11 +25,12 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from .backend import BackendConnection
 from .relay import RelayEnd
-from .wsframes import ClientFrameReader, server_frame_header
+from .wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header
 
 EXTENSION = "vm-console-broker.splice"
 # Below this size, copying the payload behind its header costs less than a vectored write.
 VECTORED_WRITE_FROM = 4096
+FIN_BINARY = FIN | OP_BINARY
 
 
 def parser_between_frames(conn: Any) -> bool:
@@ -208,11 +209,13 @@ class _Splice:
         protocol = self.protocol
         if self.ended.done() or protocol.close_sent or protocol.transport.is_closing():
             return
-        header = server_frame_header(len(data))
-        if len(data) < VECTORED_WRITE_FROM:
-            protocol.transport.write(header + data)
+        size = len(data)
+        if size < 126:  # most messages: the two-byte header, built inline
+            protocol.transport.write(bytes((FIN_BINARY, size)) + data)
+        elif size < VECTORED_WRITE_FROM:
+            protocol.transport.write(server_frame_header(size) + data)
         else:  # one writev() for header and payload: no copy of a large framebuffer update
-            protocol.transport.writelines((header, data))
+            protocol.transport.writelines((server_frame_header(size), data))
 
     def backend_closed(self) -> None:
         self.finish(RelayEnd.BACKEND_CLOSED)

@@ -65,12 +65,25 @@ class ClientFrameReader:
         # Written for speed (this runs for every read from every browser): locals instead
         # of attributes inside the loop, the common frame (binary, final, small) checked
         # inline, and no memoryview unless a payload is large.
+        size = len(data)
+        if not self.remaining and not self.pending and not self.passthrough and 6 <= size < 132:
+            # The most common read of all, a keystroke or a mouse move: exactly one small,
+            # final, masked binary frame. (data[1] - MASKED == size - 6: the mask bit is set
+            # and the 7-bit length is all that follows the header.)
+            state = self.state
+            if (
+                data[0] == FIN | OP_BINARY
+                and data[1] - MASKED == size - 6
+                and state.current_size is None
+                and (state.max_message_size is None or size - 6 <= state.max_message_size)
+            ):
+                return Parsed([apply_mask(data[6:], data[2:6])])
         payload: list[bytes] = []
         if self.passthrough:
             return Parsed(payload, data)
         if self.pending:
             data, self.pending = self.pending + data, b""
-        size = len(data)
+            size = len(data)
         pos = 0
         remaining, mask = self.remaining, self.mask
         state = self.state

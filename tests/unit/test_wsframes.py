@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
@@ -128,6 +129,42 @@ def test_reader_agrees_with_websockets(frames, cuts, max_size) -> None:
     assert type(conn.parser_exc) is type(reference.parser_exc)
     if not reader.passthrough and not reader.remaining and not reader.pending:
         assert bytes(got.relayed) == bytes(expected.relayed)  # ended between frames
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=frames_strategy, max_size=st.sampled_from([10, 200, 1 << 20]))
+def test_one_frame_per_read_agrees_with_websockets(frames, max_size) -> None:
+    """Reads that hold exactly one frame (a keystroke each) take the reader's shortcut."""
+    chunks = [frame(opcode, bytes(size), fin=fin, masked=masked, rsv=rsv, key=key) for opcode, fin, size, masked, rsv, key in frames]
+    expected, reference = through_websockets(chunks, max_size)
+    got, conn, _reader = through_reader(chunks, max_size)
+    assert bytes(got.relayed) == bytes(expected.relayed)
+    assert got.others == expected.others
+    assert close_of(conn) == close_of(reference)
+
+
+@pytest.mark.parametrize(
+    ("single", "max_size"),
+    [
+        pytest.param(frame(0x2, b"k" * 15), 10, id="over-max-size"),
+        pytest.param(frame(0x2, b"k" * 10), 10, id="at-max-size"),
+        pytest.param(frame(0x2, b"k" * 125), 1 << 20, id="longest-short-frame"),
+        pytest.param(frame(0x2, b"k" * 126), 1 << 20, id="extended-length"),
+        pytest.param(frame(0x1, b"text"), 1 << 20, id="text"),
+        pytest.param(frame(0x2, b"keys", masked=False), 1 << 20, id="unmasked"),
+        pytest.param(frame(0x2, b"keys", masked=False) + b"more", 1 << 20, id="unmasked-and-4-bytes-more"),
+        pytest.param(frame(0x2, b"keys", fin=False), 1 << 20, id="not-final"),
+        pytest.param(frame(0x2, b"keys", rsv=4), 1 << 20, id="rsv1"),
+        pytest.param(frame(0x9, b"ping"), 1 << 20, id="ping"),
+    ],
+)
+def test_a_read_of_exactly_one_frame(single: bytes, max_size: int) -> None:
+    """The shortcut for one whole small frame per read, at each of its edges."""
+    expected, reference = through_websockets([single], max_size)
+    got, conn, _reader = through_reader([single], max_size)
+    assert bytes(got.relayed) == bytes(expected.relayed)
+    assert got.others == expected.others
+    assert close_of(conn) == close_of(reference)
 
 
 def test_payload_of_one_frame_streams_byte_by_byte() -> None:
