@@ -144,7 +144,9 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
             super().handle_websocket_upgrade(event)
             if deadline is not None and not deadline.cancelled():
                 deadline.cancel()
-                self.loop.call_at(deadline.when(), _close_unless_handshaken, self.transport)
+                # (uvloop turns sub-millisecond delays into plain Handles, without when())
+                when = getattr(deadline, "when", self.loop.time)()
+                self.loop.call_at(when, _close_unless_handshaken, self.transport)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -33,6 +33,11 @@ VECTORED_WRITE_FROM = 4096
 FIN_BINARY = FIN | OP_BINARY
 
 
+def reader_may_take_over(conn: Any) -> bool:
+    """Between frames and outside any fragmented message: then our reader can go on alone."""
+    return conn.current_size is None and parser_between_frames(conn)
+
+
 def parser_between_frames(conn: Any) -> bool:
     """Whether websockets' parser has consumed nothing of a next frame.
 
@@ -65,64 +70,88 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
     ) -> RelayEnd:
         """Relay until one side ends, `stop` is done, or the browser is idle too long."""
         sink = _Splice(self, backend)
-        # What the browser sent before the splice is still queued for the app: it goes first.
-        while not self.queue.empty():
-            message = self.queue.get_nowait()
-            if message["type"] == "websocket.disconnect":
-                return RelayEnd.CLIENT_CLOSED
-            if message.get("bytes") is None:
-                return RelayEnd.CLIENT_SENT_TEXT
-            backend.write(message["bytes"])
-        if self.frames and self.curr_msg_data_type == "bytes":
-            # The first fragments of a message still in progress: they go first too.
-            frames, self.frames = self.frames, []
-            backend.write(b"".join(frames))
-        # The handshake is long done: its parsed headers are ~4 KiB a session, kept for nothing.
-        self.request = self.response = None  # type: ignore[assignment]
-        self._sink = sink
-        self._reader = ClientFrameReader(self.conn) if parser_between_frames(self.conn) else None
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
-        leftover = backend.splice(sink)
-        if leftover:
-            sink.backend_data(leftover)
-        # Callbacks and one timer, not a watcher task: a task per session is memory at 1000.
-        stop.add_done_callback(sink.stopped)
-        if idle_timeout:
-            sink.watch_idle(idle_timeout)
         try:
+            # What the browser sent before the splice is still queued for the app: it goes first.
+            while not self.queue.empty():
+                message = self.queue.get_nowait()
+                if message["type"] == "websocket.disconnect":
+                    return RelayEnd.CLIENT_CLOSED
+                if message.get("bytes") is None:
+                    return RelayEnd.CLIENT_SENT_TEXT
+                backend.write(message["bytes"])
+            # The handshake is long done: its parsed headers are ~4 KiB a session, kept for nothing.
+            self.request = self.response = None  # type: ignore[assignment]
+            self._sink = sink
+            self._reader = ClientFrameReader(self.conn) if reader_may_take_over(self.conn) else None
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            leftover = backend.splice(sink)
+            if leftover:
+                sink.backend_data(leftover)
+            # Callbacks and one timer, not a watcher task: a task per session is memory at 1000.
+            stop.add_done_callback(sink.stopped)
+            if idle_timeout:
+                sink.watch_idle(idle_timeout)
             return await sink.ended
         finally:
             stop.remove_done_callback(sink.stopped)
-            self._sink = None
+            self.unsplice()
             sink.finish(RelayEnd.STOPPED)
             backend.close()
+
+    def unsplice(self) -> None:
+        """Back to uvicorn's own handling; our reader stays only to finish a frame it is in."""
+        self._sink = None
+        reader = self._reader
+        if reader is not None and (reader.passthrough or not (reader.remaining or reader.pending)):
+            self._reader = None  # between frames: websockets reads on from here
 
     # -- uvicorn's hooks, diverted while spliced ----------------------------------------
 
     def data_received(self, data: bytes) -> None:
         sink = self._sink
-        if sink is None:
-            super().data_received(data)
-            return
         reader = self._reader
+        if sink is None:
+            if reader is None:
+                super().data_received(data)
+            else:
+                self._finish_frame_after_splice(reader, data)
+            return
         if reader is None:
-            # websockets was mid-frame when the splice began: let it finish that frame.
+            # websockets was inside a frame or a fragmented message when the splice began:
+            # it delivers that message (send_receive_event_to_app), then our reader takes over.
             super().data_received(data)
-            if self._sink is not None and parser_between_frames(self.conn):
+            if self._sink is not None and reader_may_take_over(self.conn):
                 self._reader = ClientFrameReader(self.conn)
             return
-        while data:
-            parsed = reader.feed(data)
+        offset: int | None = 0
+        while offset is not None:
+            parsed = reader.feed(data, offset)
             if parsed.payload:
                 sink.client_data(parsed.payload)
+            offset = parsed.resume
             if parsed.handover:
                 # A control frame, text, or something malformed: websockets answers it.
                 super().data_received(parsed.handover)
-                if self._sink is None:
+                if self.conn.parser_exc is not None or self.transport.is_closing():
+                    reader.passthrough = True  # websockets has failed or closed: relay no more
                     return
-            data = parsed.rest
+
+    def _finish_frame_after_splice(self, reader: ClientFrameReader, data: bytes) -> None:
+        """The splice ended inside a frame: drop the rest of its payload (nobody relays it
+        any more), then hand websockets the stream from the next frame boundary on, so the
+        browser's close reply is read as a frame and not as payload bytes."""
+        if reader.remaining:
+            take = min(reader.remaining, len(data))
+            reader.remaining -= take
+            data = data[take:]
+            if reader.remaining:
+                return
+        self._reader = None
+        data, reader.pending = reader.pending + data, b""
+        if data:
+            super().data_received(data)
 
     def send_receive_event_to_app(self) -> None:
         sink = self._sink
@@ -187,7 +216,7 @@ class _Splice:
     def watch_idle(self, idle_timeout: float) -> None:
         """End the session once the browser has sent nothing for `idle_timeout` seconds."""
         due = self.last_input + idle_timeout
-        if due <= self.loop.time():
+        if due <= self.loop.time() + 0.001:  # uvloop's clock has millisecond steps: do not spin
             self.finish(RelayEnd.IDLE)
         elif not self.ended.done():
             self.idle_timer = self.loop.call_at(due, self.watch_idle, idle_timeout)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from websockets.speedups import apply_mask
+from websockets.frames import apply_mask  # websockets' C version, or its Python fallback
 
-OP_CONTINUATION, OP_BINARY = 0x0, 0x2
+OP_CONTINUATION, OP_BINARY, OP_PONG = 0x0, 0x2, 0xA
 FIN, MASKED = 0x80, 0x80
 RSV_BITS = 0x70
 MAX_CONTROL_PAYLOAD = 125
@@ -36,15 +36,16 @@ class FragmentState(Protocol):
 class Parsed:
     """What one `feed` found, in order: payload bytes, then at most one hand-over."""
 
-    __slots__ = ("payload", "handover", "rest")
+    __slots__ = ("payload", "handover", "resume")
 
-    def __init__(self, payload: list[bytes], handover: bytes = b"", rest: bytes = b"") -> None:
+    def __init__(self, payload: list[bytes], handover: bytes = b"", resume: int | None = None) -> None:
         self.payload = payload
         # Bytes for websockets, starting at a frame boundary: a whole control frame, or
         # everything from a frame the relay does not handle fast.
         self.handover = handover
-        # Bytes after a whole control frame that have not been looked at yet.
-        self.rest = rest
+        # After a whole control frame: where to feed the same data again from (an offset,
+        # not a copy of the rest, so a read full of pings costs no more than its length).
+        self.resume = resume
 
 
 # Below this size a payload slice is copied (cheaper than a memoryview); above, viewed.
@@ -61,12 +62,13 @@ class ClientFrameReader:
         self.mask = b""  # its mask, rotated to where the next payload byte falls
         self.passthrough = False  # from here on everything goes to websockets
 
-    def feed(self, data: bytes) -> Parsed:
+    def feed(self, data: bytes, offset: int = 0) -> Parsed:
+        """The frames in `data[offset:]`, the next piece of the browser's byte stream."""
         # Written for speed (this runs for every read from every browser): locals instead
         # of attributes inside the loop, the common frame (binary, final, small) checked
         # inline, and no memoryview unless a payload is large.
         size = len(data)
-        if not self.remaining and not self.pending and not self.passthrough and 6 <= size < 132:
+        if not offset and not self.remaining and not self.pending and not self.passthrough and 6 <= size < 132:
             # The most common read of all, a keystroke or a mouse move: exactly one small,
             # final, masked binary frame. (data[1] - MASKED == size - 6: the mask bit is set
             # and the 7-bit length is all that follows the header.)
@@ -76,15 +78,19 @@ class ClientFrameReader:
                 and data[1] - MASKED == size - 6
                 and state.current_size is None
                 and (state.max_message_size is None or size - 6 <= state.max_message_size)
+                and (state.max_fragment_size is None or size - 6 <= state.max_fragment_size)
             ):
                 return Parsed([apply_mask(data[6:], data[2:6])])
         payload: list[bytes] = []
         if self.passthrough:
-            return Parsed(payload, data)
+            return Parsed(payload, data[offset:] if offset else data)
+        pos = offset
+        to_caller = 0  # add to an index in `data` to get one in the caller's data
         if self.pending:
-            data, self.pending = self.pending + data, b""
+            to_caller = offset - len(self.pending)
+            data, self.pending = self.pending + data[offset:], b""
             size = len(data)
-        pos = 0
+            pos = 0
         remaining, mask = self.remaining, self.mask
         state = self.state
         while pos < size:
@@ -129,7 +135,7 @@ class ClientFrameReader:
             ) and (state.max_fragment_size is None or length <= state.max_fragment_size):
                 pass  # one whole message in one frame: nothing for websockets to count
             elif opcode >= 0x8:
-                if not first & FIN or length > MAX_CONTROL_PAYLOAD:
+                if opcode > OP_PONG or not first & FIN or length > MAX_CONTROL_PAYLOAD:
                     self.remaining, self.mask = remaining, mask
                     return self._hand_over(payload, data, pos)
                 end = pos + header + 4 + length
@@ -139,7 +145,7 @@ class ClientFrameReader:
                 if opcode == 0x8:  # close: websockets ignores what follows it
                     self.passthrough = True
                     return Parsed(payload, data[pos:])
-                return Parsed(payload, data[pos:end], data[end:])
+                return Parsed(payload, data[pos:end], end + to_caller if end < size else None)
             elif not self._accept_data_frame(opcode, bool(first & FIN), length):
                 self.remaining, self.mask = remaining, mask
                 return self._hand_over(payload, data, pos)

@@ -74,15 +74,18 @@ def through_reader(chunks: list[bytes], max_size: int) -> tuple[Outcome, ServerP
     conn, outcome = open_protocol(max_size), Outcome()
     reader = ClientFrameReader(conn)
     for chunk in chunks:
-        data = chunk
-        while data:
-            parsed = reader.feed(data)
+        offset: int | None = 0
+        while offset is not None:
+            parsed = reader.feed(chunk, offset)
             for piece in parsed.payload:
                 outcome.relayed += piece
+            offset = parsed.resume
             if parsed.handover:
                 conn.receive_data(parsed.handover)
                 outcome.collect(conn)
-            data = parsed.rest
+                if conn.parser_exc is not None or conn.close_sent is not None:
+                    reader.passthrough = True  # as the splice does once websockets has failed
+                    break
     return outcome, conn, reader
 
 
@@ -97,7 +100,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 frames_strategy = st.lists(
     st.tuples(
-        st.sampled_from([0x0, 0x1, 0x2, 0x2, 0x2, 0x0, 0x8, 0x9, 0xA, 0x3]),
+        st.sampled_from([0x0, 0x1, 0x2, 0x2, 0x2, 0x0, 0x8, 0x9, 0xA, 0x3, 0xB]),
         st.booleans(),  # fin
         st.one_of(st.integers(0, 20), st.integers(120, 300), st.sampled_from([65535, 65536, 70000])),
         st.booleans() | st.just(True),  # masked (mostly)
@@ -185,17 +188,19 @@ def test_many_small_frames_in_one_read() -> None:
     conn = open_protocol(1 << 20)
     parsed = ClientFrameReader(conn).feed(b"".join(frame(0x2, e, key=os.urandom(4)) for e in events))
     assert b"".join(parsed.payload) == b"".join(events)
-    assert not parsed.handover and not parsed.rest
+    assert not parsed.handover and parsed.resume is None
 
 
 def test_control_frame_is_handed_over_whole_and_the_rest_kept() -> None:
     conn = open_protocol(1 << 20)
     reader = ClientFrameReader(conn)
     ping = frame(0x9, b"are you there")
-    parsed = reader.feed(frame(0x2, b"before") + ping + frame(0x2, b"after"))
+    data = frame(0x2, b"before") + ping + frame(0x2, b"after")
+    parsed = reader.feed(data)
     assert parsed.payload == [b"before"]
     assert parsed.handover == ping
-    assert reader.feed(parsed.rest).payload == [b"after"]
+    assert parsed.resume is not None
+    assert reader.feed(data, parsed.resume).payload == [b"after"]
     assert not reader.passthrough
 
 
@@ -215,7 +220,7 @@ def test_after_a_close_frame_everything_goes_to_websockets() -> None:
     reader = ClientFrameReader(conn)
     close = frame(0x8, struct.pack("!H", 1000))
     parsed = reader.feed(close + frame(0x2, b"late"))
-    assert parsed.handover.startswith(close) and not parsed.rest
+    assert parsed.handover.startswith(close) and parsed.resume is None
     assert reader.passthrough
 
 

@@ -1,0 +1,110 @@
+"""The hand-overs between websockets' parser and ours at the edges of a splice (splice.py).
+
+Driven through the protocol's real data_received with a stand-in for the VNC side and the
+browser's transport: what matters here is which parser reads which bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from broker.relay import RelayEnd
+from broker.splice import SplicingWebSocketProtocol
+from test_wsframes import frame, open_protocol
+
+
+class VncSide:
+    def __init__(self) -> None:
+        self.relayed: list[bytes] = []
+        self.end: RelayEnd | None = None
+
+    def client_data(self, payload: list[bytes]) -> None:
+        self.relayed.append(b"".join(payload))
+
+    def finish(self, end: RelayEnd) -> None:
+        self.end = self.end or end
+
+
+class BrowserTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+
+def protocol_with_handshake_done() -> SplicingWebSocketProtocol:
+    protocol = object.__new__(SplicingWebSocketProtocol)  # no server around it: only the parsers
+    protocol.conn = open_protocol(1 << 20)
+    protocol.frames, protocol.curr_msg_data_type = [], "bytes"
+    protocol.close_sent = protocol.read_paused = False
+    protocol.transport = BrowserTransport()  # type: ignore[assignment]
+    protocol.queue = asyncio.Queue()
+    protocol.logger = __import__("logging").getLogger("test")
+    protocol._sink, protocol._reader = None, None
+    return protocol
+
+
+def splice_now(protocol: SplicingWebSocketProtocol) -> VncSide:
+    """What splice() does to the parsers when it starts."""
+    from broker.splice import ClientFrameReader, reader_may_take_over
+
+    side = VncSide()
+    protocol._sink = side  # type: ignore[assignment]
+    protocol._reader = ClientFrameReader(protocol.conn) if reader_may_take_over(protocol.conn) else None
+    return side
+
+
+def test_a_binary_message_begun_before_the_splice_arrives_whole() -> None:
+    protocol = protocol_with_handshake_done()
+    first, second = frame(0x2, b"AAAA", fin=False), frame(0x0, b"BBBB")
+    protocol.data_received(first[:3])  # websockets is inside the first fragment
+    side = splice_now(protocol)
+    protocol.data_received(first[3:])
+    protocol.data_received(second)
+    assert side.relayed == [b"AAAABBBB"]
+    assert protocol._reader is not None  # the message is over: our reader has taken over
+    protocol.data_received(frame(0x2, b"next"))
+    assert side.relayed == [b"AAAABBBB", b"next"]
+
+
+def test_a_text_message_begun_before_the_splice_still_ends_the_session() -> None:
+    protocol = protocol_with_handshake_done()
+    protocol.data_received(frame(0x1, b"hello ", fin=False))
+    side = splice_now(protocol)
+    assert protocol._reader is None  # a message is in progress: websockets keeps reading
+    protocol.data_received(frame(0x0, b"world"))
+    assert side.relayed == [] and side.end is RelayEnd.CLIENT_SENT_TEXT
+
+
+def test_after_a_splice_ends_inside_a_frame_websockets_reads_from_the_next_frame() -> None:
+    """The VNC server went away in the middle of a large frame; the browser's next frames
+    and its close reply must still be read as frames, not as payload."""
+    protocol = protocol_with_handshake_done()
+    side = splice_now(protocol)
+    big = frame(0x2, os.urandom(2000), key=os.urandom(4))
+    protocol.data_received(big[:1000])
+    protocol.unsplice()
+    protocol.data_received(big[1000:] + frame(0x2, b"\x05\x00\x00\x0a\x00\x0a") * 3 + frame(0x8, b"\x03\xe8"))
+    assert protocol.conn.parser_exc is None
+    assert protocol.conn.close_rcvd is not None and protocol.conn.close_rcvd.code == 1000
+    assert len(side.relayed) == 1  # only what came while spliced
+
+
+def test_nothing_is_relayed_after_websockets_fails_the_connection() -> None:
+    protocol = protocol_with_handshake_done()
+    side = splice_now(protocol)
+    protocol.data_received(frame(0x2, b"before") + frame(0xB, b"") + frame(0x2, b"AFTER"))
+    assert side.relayed == [b"before"]
+    assert protocol.conn.close_sent is not None and protocol.conn.close_sent.code == 1002
