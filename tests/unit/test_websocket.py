@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -210,3 +211,14 @@ def test_domain_stopping_revokes_its_unused_links(api, vnc_domain) -> None:
         assert time.monotonic() < deadline, "the lifecycle event never revoked the link"
         time.sleep(0.02)
     assert close_of(api, f"/websockify?token={token}").code == 4104
+
+
+def test_idle_session_closes_4403_on_the_generic_relay(api, vnc_domain) -> None:
+    """The ASGI relay (relay.py, used outside the broker's own server) watches idleness too."""
+    api.broker.limits = dataclasses.replace(api.broker.limits, idle_timeout=0.3)
+    token = api.token_for(vnc_domain)
+    with api.client.websocket_connect(f"/websockify?token={token}") as ws:
+        assert ws.receive_bytes() == FakeVncServer.GREETING
+        with pytest.raises(WebSocketDisconnect) as caught:
+            ws.receive_bytes()  # no input from here on
+    assert caught.value.code == 4403
