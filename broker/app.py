@@ -40,7 +40,7 @@ from .errors import (
     BrokerError,
 )
 from .limits import RateLimiter, SessionLimits
-from .relay import RelayEnd, relay
+from .relay import RelayEnd, Traffic, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
 from .splice import EXTENSION as SPLICE
 from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
@@ -278,15 +278,20 @@ class Broker:
             return
         limit = self.limits.max_session_length
         timer = asyncio.get_running_loop().call_later(limit, session.end, BrokerError(SESSION_TIME_LIMIT)) if limit else None
+        traffic = Traffic()
         try:
             if stream.password:
                 await authenticate(websocket, stream, domain.name)
             log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
             splicer = websocket.scope.get("extensions", {}).get(SPLICE)
             if splicer is not None:  # served by our uvicorn protocol: the fast path
-                end = await splicer.splice(stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout)
+                end = await splicer.splice(
+                    stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout, traffic=traffic
+                )
             else:
-                end = await relay(websocket, stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout)
+                end = await relay(
+                    websocket, stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout, traffic=traffic
+                )
         except (BrokerError, ClientLeft) as exc:  # from the VNC-auth handshake
             stream.backend.close()
             if isinstance(exc, BrokerError):
@@ -298,7 +303,7 @@ class Broker:
                 timer.cancel()
             self.forget(session)
         await _close(websocket, await self.end_reason(end, session, domain))
-        log.info("console session for %s from %s ended: %s", domain.name, client, end.value)
+        log.info("console session for %s from %s ended: %s; %s", domain.name, client, end.value, traffic.summary())
 
     async def open_session(
         self, websocket: WebSocket, authorize: Callable[[], Grant]

@@ -23,6 +23,31 @@ from .backend import BackendConnection
 READ_SIZE = 64 * 1024
 
 
+class Traffic:
+    """What one session moved, for its end-of-session log line."""
+
+    __slots__ = ("down", "up", "zero_copy")
+
+    def __init__(self) -> None:
+        self.down = 0  # bytes VNC server -> browser
+        self.up = 0  # bytes browser -> VNC server
+        self.zero_copy = 0  # of `down`, bytes the kernel moved without a copy (zerocopy.py)
+
+    def summary(self) -> str:
+        text = f"{_size(self.down)} to the browser"
+        if self.zero_copy:
+            text += f" ({_size(self.zero_copy)} of it zero-copy)"
+        return f"{text}, {_size(self.up)} from it"
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    if count < 1024 * 1024:
+        return f"{count / 1024:.1f} KiB"
+    return f"{count / (1024 * 1024):.1f} MiB"
+
+
 class RelayEnd(enum.Enum):
     CLIENT_CLOSED = "client closed"
     BACKEND_CLOSED = "backend closed"
@@ -38,12 +63,14 @@ async def relay(
     stop: asyncio.Future[None] | None = None,
     idle_timeout: float = 0.0,
     read_size: int = READ_SIZE,
+    traffic: Traffic | None = None,
 ) -> RelayEnd:
     """Relay until one side ends, `stop` is done, or the client sends nothing for
     `idle_timeout` seconds (0: never); close the stream (not the WebSocket) and say why."""
     activity = _Activity()
-    upstream = asyncio.create_task(_client_to_backend(websocket, backend, activity))
-    downstream = asyncio.create_task(_backend_to_client(backend, websocket, read_size))
+    traffic = traffic or Traffic()
+    upstream = asyncio.create_task(_client_to_backend(websocket, backend, activity, traffic))
+    downstream = asyncio.create_task(_backend_to_client(backend, websocket, read_size, traffic))
     stopped = asyncio.create_task(idle_or_stopped(stop, activity, idle_timeout))
     tasks = (upstream, downstream, stopped)
     try:
@@ -89,7 +116,9 @@ async def idle_or_stopped(stop: asyncio.Future[None] | None, activity: HasLastIn
             return RelayEnd.STOPPED
 
 
-async def _client_to_backend(websocket: WebSocket, backend: BackendConnection, activity: _Activity) -> RelayEnd:
+async def _client_to_backend(
+    websocket: WebSocket, backend: BackendConnection, activity: _Activity, traffic: Traffic
+) -> RelayEnd:
     receive = websocket.receive
     loop = asyncio.get_running_loop()
     while True:
@@ -100,6 +129,7 @@ async def _client_to_backend(websocket: WebSocket, backend: BackendConnection, a
         data = message.get("bytes")
         if data is None:
             return RelayEnd.CLIENT_SENT_TEXT
+        traffic.up += len(data)
         backend.write(data)
         try:
             await backend.drain()
@@ -107,12 +137,15 @@ async def _client_to_backend(websocket: WebSocket, backend: BackendConnection, a
             return RelayEnd.BACKEND_CLOSED
 
 
-async def _backend_to_client(backend: BackendConnection, websocket: WebSocket, read_size: int) -> RelayEnd:
+async def _backend_to_client(
+    backend: BackendConnection, websocket: WebSocket, read_size: int, traffic: Traffic
+) -> RelayEnd:
     send = websocket.send
     while True:
         data = await backend.read(read_size)  # b"" once the VNC server has closed
         if not data:
             return RelayEnd.BACKEND_CLOSED
+        traffic.down += len(data)
         try:
             await send({"type": "websocket.send", "bytes": data})
         except Exception:  # uvicorn raises ClientDisconnected, Starlette a RuntimeError

@@ -19,18 +19,27 @@ scope extension it falls back to the generic relay in relay.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from . import zerocopy
 from .backend import BackendConnection
-from .relay import RelayEnd
+from .relay import RelayEnd, Traffic
 from .wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header
+
+log = logging.getLogger("broker.splice")
 
 EXTENSION = "vm-console-broker.splice"
 # Below this size, copying the payload behind its header costs less than a vectored write.
 VECTORED_WRITE_FROM = 4096
 FIN_BINARY = FIN | OP_BINARY
+# A backend read this large means a framebuffer update is streaming: let the kernel move it
+# (zerocopy.py) until a read comes back smaller than ZERO_COPY_UNTIL (the update is over).
+# uvloop reads up to 256 KiB at a time, so a 64 KiB read is a socket with plenty queued.
+ZERO_COPY_FROM = 64 * 1024
+ZERO_COPY_UNTIL = 16 * 1024
 
 
 def reader_may_take_over(conn: Any) -> bool:
@@ -66,10 +75,15 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][EXTENSION] = self
 
     async def splice(
-        self, backend: BackendConnection, *, stop: asyncio.Future[None], idle_timeout: float = 0.0
+        self,
+        backend: BackendConnection,
+        *,
+        stop: asyncio.Future[None],
+        idle_timeout: float = 0.0,
+        traffic: Traffic | None = None,
     ) -> RelayEnd:
         """Relay until one side ends, `stop` is done, or the browser is idle too long."""
-        sink = _Splice(self, backend)
+        sink = _Splice(self, backend, traffic or Traffic())
         try:
             # What the browser sent before the splice is still queued for the app: it goes first.
             while not self.queue.empty():
@@ -78,6 +92,7 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
                     return RelayEnd.CLIENT_CLOSED
                 if message.get("bytes") is None:
                     return RelayEnd.CLIENT_SENT_TEXT
+                sink.traffic.up += len(message["bytes"])
                 backend.write(message["bytes"])
             # The handshake is long done: its parsed headers are ~4 KiB a session, kept for nothing.
             self.request = self.response = None  # type: ignore[assignment]
@@ -184,24 +199,36 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._sink is not None:
-            self._sink.backend.pause_reading()
+            self._sink.browser_full()
 
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._sink is not None:
-            self._sink.backend.resume_reading()
+            self._sink.browser_drained()
 
 
 class _Splice:
-    """Both directions of one spliced session (the backend's Sink)."""
+    """Both directions of one spliced session (the backend's Sink).
 
-    def __init__(self, protocol: SplicingWebSocketProtocol, backend: BackendConnection) -> None:
+    VNC bytes reach the browser one of two ways: copied (uvloop reads them into `bytes`,
+    `backend_data` writes them with a frame header), or, while the backend streams a large
+    update, moved by the kernel (`kernel`, zerocopy.py) with the backend transport's reading
+    paused. `kernel` is set while the second is on; only the read side switches, writes to
+    the VNC server always go through its transport.
+    """
+
+    def __init__(self, protocol: SplicingWebSocketProtocol, backend: BackendConnection, traffic: Traffic) -> None:
         self.protocol = protocol
         self.backend = backend
+        self.traffic = traffic
         self.loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[RelayEnd] = self.loop.create_future()
         self.last_input = self.loop.time()
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.browser = protocol.transport  # the real one, also while writes are held
+        self.browser_blocked = False  # the browser's write buffer is over its high-water mark
+        self.kernel: zerocopy.KernelDownstream | None = None  # while a large update streams
+        self.kernel_possible = backend.transport is not None and zerocopy.worth_it(backend.transport, self.browser)
 
     def finish(self, end: RelayEnd) -> None:
         if not self.ended.done():
@@ -209,6 +236,7 @@ class _Splice:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+        self.read_by_copying()  # uvicorn's write limits back for the close; the pipe closed
 
     def stopped(self, _stop: asyncio.Future[None]) -> None:
         self.finish(RelayEnd.STOPPED)
@@ -224,7 +252,9 @@ class _Splice:
     def client_data(self, payload: list[bytes]) -> None:
         """Bytes from the browser (all frames of one read): to the VNC server in one write."""
         self.last_input = self.loop.time()
-        self.backend.write(payload[0] if len(payload) == 1 else b"".join(payload))
+        data = payload[0] if len(payload) == 1 else b"".join(payload)
+        self.traffic.up += len(data)
+        self.backend.write(data)
         self.check_backend_buffer()
 
     def check_backend_buffer(self) -> None:
@@ -239,12 +269,15 @@ class _Splice:
         if self.ended.done() or protocol.close_sent or protocol.transport.is_closing():
             return
         size = len(data)
+        self.traffic.down += size
         if size < 126:  # most messages: the two-byte header, built inline
             protocol.transport.write(bytes((FIN_BINARY, size)) + data)
         elif size < VECTORED_WRITE_FROM:
             protocol.transport.write(server_frame_header(size) + data)
         else:  # one writev() for header and payload: no copy of a large framebuffer update
             protocol.transport.writelines((server_frame_header(size), data))
+            if size >= ZERO_COPY_FROM and self.kernel_possible:
+                self.read_from_kernel()
 
     def backend_closed(self) -> None:
         self.finish(RelayEnd.BACKEND_CLOSED)
@@ -254,3 +287,108 @@ class _Splice:
         if protocol.read_paused and not self.ended.done():
             protocol.read_paused = False
             protocol.transport.resume_reading()
+
+    # -- where the VNC server's bytes are read: backpressure and the two paths ------------
+
+    def browser_full(self) -> None:
+        self.browser_blocked = True
+        if self.kernel is not None:
+            self.kernel.stop()
+        else:
+            self.backend.pause_reading()
+
+    def browser_drained(self) -> None:
+        self.browser_blocked = False
+        if self.ended.done():
+            return
+        if self.kernel is not None:
+            self.kernel.start()
+        else:
+            self.backend.resume_reading()
+
+    def read_from_kernel(self) -> None:
+        """A large update is streaming: the kernel moves it from here on (zerocopy.py)."""
+        if self.ended.done() or self.kernel is not None or not zerocopy.supported:
+            return
+        try:
+            self.kernel = zerocopy.KernelDownstream(
+                self.loop,
+                zerocopy.socket_fd(self.backend.transport),  # type: ignore[arg-type]
+                self.browser,
+                hold=self.hold_browser_writes,
+                release=self.release_browser_writes,
+                on_chunk=self.kernel_chunk,
+                on_end=self.backend_closed,
+            )
+        except (OSError, ValueError) as exc:  # out of descriptors, say: copying works too, with more CPU
+            log.debug("zero-copy not available for this session: %s", exc)
+            return
+        self.backend.pause_reading()
+        # With the high-water mark at 0, pause_writing/resume_writing say exactly "something
+        # is queued" / "nothing is": the kernel path writes to the socket only in between.
+        self.browser.set_write_buffer_limits(high=0)
+        if not self.browser_blocked:
+            self.kernel.start()
+
+    def kernel_chunk(self, size: int) -> None:
+        self.traffic.down += size
+        if size < ZERO_COPY_UNTIL or not zerocopy.supported:
+            self.read_by_copying()
+
+    def read_by_copying(self) -> None:
+        """The update is over (or the session, or the kernel refused): uvloop reads again."""
+        kernel, self.kernel = self.kernel, None
+        if kernel is None:
+            return
+        kernel.close()
+        self.traffic.zero_copy += kernel.moved
+        self.browser.set_write_buffer_limits()  # uvicorn's (64 KiB) again
+        if not self.browser_blocked and not self.ended.done():
+            self.backend.resume_reading()
+
+    def hold_browser_writes(self) -> None:
+        """A frame is half out: uvicorn's writes (pings, pongs, closes) wait for its end."""
+        self.protocol.transport = _HeldWrites(self.browser)  # type: ignore[assignment]
+
+    def release_browser_writes(self) -> None:
+        held = self.protocol.transport
+        self.protocol.transport = self.browser
+        if isinstance(held, _HeldWrites):
+            held.replay()
+        if self.kernel is not None and not self.browser_blocked and not self.ended.done():
+            self.kernel.start()
+
+
+class _HeldWrites:
+    """Stands in for the browser's transport while a frame the kernel moves is half sent.
+
+    Writes and a close wait here and are replayed in order once the frame is out;
+    everything else goes straight to the transport.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._held: list[bytes] = []
+        self._close = False
+
+    def write(self, data: bytes) -> None:
+        self._held.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        self._held.extend(bytes(line) for line in lines)
+
+    def close(self) -> None:
+        self._close = True
+
+    def is_closing(self) -> bool:
+        return self._close or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def replay(self) -> None:
+        for data in self._held:
+            self._transport.write(data)
+        self._held = []
+        if self._close:
+            self._transport.close()

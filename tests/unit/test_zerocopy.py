@@ -1,0 +1,192 @@
+"""Large updates moved by the kernel (zerocopy.py), checked byte for byte on a real broker.
+
+A real `broker serve` (uvloop, the spliced protocol) relays static consoles whose VNC-like
+server streams known bytes. The client is websockets' own, which parses every frame
+strictly: a frame header in the wrong place fails a test as surely as a wrong byte. The
+broker sends keepalive pings every 20 ms, so uvicorn's own writes fall between the kernel's.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect, unix_connect
+
+from support.processes import BrokerProcess, start_broker
+from support.stream_server import GREETING, StreamServer, command, pattern
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, StreamServer]]:
+    tcp = StreamServer()
+    unix = StreamServer(str(tmp_path_factory.mktemp("vnc") / "stream.sock"))
+    yield {"tcp": tcp, "unix": unix}
+    tcp.close()
+    unix.close()
+
+
+def broker_for(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, StreamServer], *args: str) -> BrokerProcess:
+    consoles = ",".join(f"stream-{kind}={server.target}" for kind, server in servers.items())
+    env = {"BROKER_CONNECT": "test:///default", "BROKER_STATIC_CONSOLES": consoles, "BROKER_PING_INTERVAL": "0.02"}
+    return start_broker(tmp_path_factory.mktemp("zerocopy-state"), *args, extra_env=env)
+
+
+@pytest.fixture(scope="module")
+def tcp_broker(tmp_path_factory, servers) -> Iterator[BrokerProcess]:
+    process = broker_for(tmp_path_factory, servers)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def uds_broker(tmp_path_factory, servers) -> Iterator[BrokerProcess]:
+    """The browser's side on a UNIX socket, as behind nginx (contrib/nginx)."""
+    path = tmp_path_factory.mktemp("uds") / "broker.sock"
+    process = broker_for(tmp_path_factory, servers, "--uds", str(path))
+    process.uds = str(path)  # type: ignore[attr-defined]
+    yield process
+    process.stop()
+
+
+Opener = Callable[..., AbstractContextManager[ClientConnection]]
+
+
+def opener(broker: BrokerProcess, console: str) -> Opener:
+    @contextmanager
+    def open_console(**kwargs: Any) -> Iterator[ClientConnection]:
+        uds = getattr(broker, "uds", None)
+        headers = {"Authorization": f"Bearer {broker.api_key}"}
+        base = "http://localhost" if uds else broker.url
+        with httpx.Client(transport=httpx.HTTPTransport(uds=uds) if uds else None) as client:
+            response = client.post(f"{base}/api/v1/domains/{console}/console", headers=headers)
+        assert response.status_code == 201, response.text
+        url = response.json()["websocket_url"]
+        with unix_connect(uds, url, max_size=None, **kwargs) if uds else connect(url, max_size=None, **kwargs) as ws:
+            assert receive(ws, len(GREETING)) == GREETING
+            yield ws
+
+    return open_console
+
+
+@pytest.fixture(params=["tcp", "uds"])
+def browser(request: pytest.FixtureRequest) -> tuple[BrokerProcess, Opener]:
+    """A broker whose browser side is TCP or a UNIX socket, and how to open its TCP console."""
+    broker = request.getfixturevalue(f"{request.param}_broker")
+    return broker, opener(broker, "stream-tcp")
+
+
+def receive(ws: ClientConnection, count: int, pause: float = 0.0) -> bytes:
+    data = bytearray()
+    while len(data) < count:
+        message = ws.recv(timeout=10)
+        assert isinstance(message, bytes)
+        data += message
+        if pause:
+            time.sleep(pause)
+    assert len(data) == count, "more bytes than the VNC server sent"
+    return bytes(data)
+
+
+def last_session(broker: BrokerProcess, sessions_before: int) -> str:
+    """The end-of-session log line of the next session to end after `sessions_before`."""
+    deadline = time.monotonic() + 10
+    while True:
+        ended = [line for line in broker.log().splitlines() if "console session" in line and " ended: " in line]
+        if len(ended) > sessions_before:
+            return ended[sessions_before]
+        assert time.monotonic() < deadline, "no end-of-session line in the broker's log"
+        time.sleep(0.02)
+
+
+def ended_count(broker: BrokerProcess) -> int:
+    return sum(1 for line in broker.log().splitlines() if "console session" in line and " ended: " in line)
+
+
+def zero_copied(line: str) -> float:
+    """MiB the kernel moved, from '(15.8 MiB of it zero-copy)'; 0 if the line has none."""
+    found = re.search(r"\(([\d.]+) (B|KiB|MiB) of it zero-copy\)", line)
+    if not found:
+        return 0.0
+    return float(found[1]) / {"B": MiB, "KiB": 1024, "MiB": 1}[found[2]]
+
+
+def test_a_large_update_arrives_byte_for_byte_and_the_kernel_moves_most_of_it(browser) -> None:
+    broker, open_console = browser
+    before = ended_count(broker)
+    with open_console() as ws:
+        ws.send(command(b"D", 16 * MiB))
+        assert receive(ws, 16 * MiB) == pattern(16 * MiB)
+    line = last_session(broker, before)
+    assert "16.0 MiB to the browser" in line
+    assert zero_copied(line) > 8, line
+
+
+def test_a_slow_browser_gets_every_byte_in_order_and_still_no_copies(browser) -> None:
+    """The browser's socket fills up halfway through frames: the rest of each waits in the
+    pipe (not copied out to the transport), and keepalive pings wait for the frame's end."""
+    broker, open_console = browser
+    before = ended_count(broker)
+    with open_console(max_queue=1) as ws:  # websockets stops reading while a message waits
+        ws.send(command(b"D", 24 * MiB))
+        assert receive(ws, 24 * MiB, pause=0.003) == pattern(24 * MiB)
+    line = last_session(broker, before)
+    assert zero_copied(line) > 23, line
+
+
+def test_pings_from_the_browser_are_answered_between_large_frames(browser) -> None:
+    _broker, open_console = browser
+    with open_console() as ws:
+        ws.send(command(b"D", 48 * MiB))
+        pongs: list[bool] = []
+
+        def ping_while_streaming() -> None:
+            for _ in range(10):
+                pongs.append(ws.ping().wait(10))
+
+        pinger = threading.Thread(target=ping_while_streaming)
+        pinger.start()
+        assert receive(ws, 48 * MiB, pause=0.001) == pattern(48 * MiB)
+        pinger.join(20)
+    assert pongs == [True] * 10
+
+
+def test_small_messages_flow_again_after_a_large_update(browser) -> None:
+    _broker, open_console = browser
+    with open_console() as ws:
+        for round_ in range(3):
+            ws.send(command(b"D", 4 * MiB))
+            assert receive(ws, 4 * MiB) == pattern(4 * MiB)
+            for key in range(20):
+                event = f"key{round_}{key:02d}".encode()
+                ws.send(command(b"E", len(event)) + event)
+                assert receive(ws, len(event)) == event
+
+
+def test_the_vnc_server_closing_after_a_large_update_ends_the_session_after_its_bytes(browser) -> None:
+    _broker, open_console = browser
+    with open_console() as ws:
+        ws.send(command(b"X", 8 * MiB))
+        assert receive(ws, 8 * MiB) == pattern(8 * MiB)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4301
+
+
+def test_a_unix_socket_vnc_server_is_relayed_by_copying(tcp_broker: BrokerProcess) -> None:
+    """From a UNIX socket the kernel's splice costs more than a copy (docs/benchmarks.md)."""
+    before = ended_count(tcp_broker)
+    with opener(tcp_broker, "stream-unix")() as ws:
+        ws.send(command(b"D", 8 * MiB))
+        assert receive(ws, 8 * MiB) == pattern(8 * MiB)
+    line = last_session(tcp_broker, before)
+    assert "8.0 MiB to the browser" in line and zero_copied(line) == 0, line
