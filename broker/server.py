@@ -7,6 +7,7 @@ import json
 import logging
 import logging.config
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -48,6 +49,29 @@ def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
         fh.write(key + "\n")
     log.info("created an API key in %s (mode 0600)", path)
     return (key,)
+
+
+# Descriptors one console session may hold: the browser's and the VNC server's sockets, and
+# while a large update streams four more (zerocopy.py: a pipe and two dups).
+FDS_PER_SESSION = 6
+FDS_SPARE = 64  # libvirt, the listening socket, logs, API requests
+
+
+def raise_open_files_limit(max_sessions: int) -> None:
+    """Lift the soft RLIMIT_NOFILE towards the hard one: 1024, a common soft default, would
+    not even hold the default max_sessions. Says so when the hard limit is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_sessions * FDS_PER_SESSION + FDS_SPARE
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        log.debug("open files limit raised from %d to %d", soft, ceiling)
+        soft = ceiling
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "open files limit is %d; max_sessions = %d may need up to %d (raise LimitNOFILE or ulimit -n)",
+            soft, max_sessions, wanted,
+        )
 
 
 def bind_socket(settings: Settings) -> tuple[socket.socket, dict[str, str]]:
@@ -119,6 +143,7 @@ class BrokerServer(uvicorn.Server):
 def serve(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings.log_level))
     keys = ensure_api_keys(settings)
+    raise_open_files_limit(settings.limits.max_sessions)
     targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
     consoles = CombinedConsoles(StaticConsoles(targets), LibvirtConsoles(settings.connect))
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)

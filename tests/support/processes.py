@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,21 @@ class BrokerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def ended_sessions(self) -> list[str]:
+        """The end-of-session log lines, oldest first."""
+        return [line for line in self.log().splitlines() if "console session" in line and " ended: " in line]
+
+    def ended_session(self, index: int, timeout: float = 10.0) -> str:
+        """End-of-session line number `index` (from 0), waiting for it to be logged."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self.ended_sessions()
+            if len(ended) > index:
+                return ended[index]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no end-of-session line #{index} in the broker's log")
+            time.sleep(0.02)
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `broker …` as a user on this host would: no flags pointing at the server."""
@@ -94,3 +110,11 @@ def start_broker(state_dir: Path, *args: str, extra_env: dict[str, str] | None =
             process.kill()
             raise RuntimeError(f"broker did not come up in 20 s:\n{log_path.read_text()}")
         time.sleep(0.05)
+
+
+def zero_copied_mib(ended_line: str) -> float:
+    """MiB the kernel moved, from an end-of-session line's '(15.8 MiB of it zero-copy)'."""
+    found = re.search(r"\(([\d.]+) (B|KiB|MiB) of it zero-copy\)", ended_line)
+    if not found:
+        return 0.0
+    return float(found[1]) / {"B": 1024 * 1024, "KiB": 1024, "MiB": 1}[found[2]]

@@ -113,3 +113,34 @@ def test_local_server_default_for_unusable_files(settings: Settings, content: st
 def test_local_server_default_for_json_that_is_not_an_object(settings: Settings, content: str) -> None:
     write_server_file(settings, content)
     assert _local_server(settings) == DEFAULT_SERVER
+
+
+def _limit_after_start(soft: int, hard: int, max_sessions: int) -> tuple[int, str]:
+    """Run raise_open_files_limit in a child whose limits are (soft, hard)."""
+    import resource
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, resource; logging.basicConfig(level=logging.WARNING);"
+        "from broker.server import raise_open_files_limit;"
+        f"raise_open_files_limit({max_sessions});"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout), done.stderr
+
+
+def test_serve_raises_the_open_files_limit_for_max_sessions() -> None:
+    soft, warnings = _limit_after_start(1024, 20000, max_sessions=1024)
+    assert soft == 1024 * 6 + 64 and warnings == ""
+
+
+def test_serve_warns_when_the_hard_open_files_limit_is_too_low() -> None:
+    soft, warnings = _limit_after_start(256, 2048, max_sessions=1024)
+    assert soft == 2048
+    assert "open files limit is 2048" in warnings and "LimitNOFILE" in warnings

@@ -8,7 +8,6 @@ broker sends keepalive pings every 20 ms, so uvicorn's own writes fall between t
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
-from support.processes import BrokerProcess, start_broker
+from support.processes import BrokerProcess, start_broker, zero_copied_mib
 from support.stream_server import GREETING, StreamServer, command, pattern
 
 MiB = 1024 * 1024
@@ -97,50 +96,27 @@ def receive(ws: ClientConnection, count: int, pause: float = 0.0) -> bytes:
     return bytes(data)
 
 
-def last_session(broker: BrokerProcess, sessions_before: int) -> str:
-    """The end-of-session log line of the next session to end after `sessions_before`."""
-    deadline = time.monotonic() + 10
-    while True:
-        ended = [line for line in broker.log().splitlines() if "console session" in line and " ended: " in line]
-        if len(ended) > sessions_before:
-            return ended[sessions_before]
-        assert time.monotonic() < deadline, "no end-of-session line in the broker's log"
-        time.sleep(0.02)
-
-
-def ended_count(broker: BrokerProcess) -> int:
-    return sum(1 for line in broker.log().splitlines() if "console session" in line and " ended: " in line)
-
-
-def zero_copied(line: str) -> float:
-    """MiB the kernel moved, from '(15.8 MiB of it zero-copy)'; 0 if the line has none."""
-    found = re.search(r"\(([\d.]+) (B|KiB|MiB) of it zero-copy\)", line)
-    if not found:
-        return 0.0
-    return float(found[1]) / {"B": MiB, "KiB": 1024, "MiB": 1}[found[2]]
-
-
 def test_a_large_update_arrives_byte_for_byte_and_the_kernel_moves_most_of_it(browser) -> None:
     broker, open_console = browser
-    before = ended_count(broker)
+    before = len(broker.ended_sessions())
     with open_console() as ws:
         ws.send(command(b"D", 16 * MiB))
         assert receive(ws, 16 * MiB) == pattern(16 * MiB)
-    line = last_session(broker, before)
+    line = broker.ended_session(before)
     assert "16.0 MiB to the browser" in line
-    assert zero_copied(line) > 8, line
+    assert zero_copied_mib(line) > 8, line
 
 
 def test_a_slow_browser_gets_every_byte_in_order_and_still_no_copies(browser) -> None:
     """The browser's socket fills up halfway through frames: the rest of each waits in the
     pipe (not copied out to the transport), and keepalive pings wait for the frame's end."""
     broker, open_console = browser
-    before = ended_count(broker)
+    before = len(broker.ended_sessions())
     with open_console(max_queue=1) as ws:  # websockets stops reading while a message waits
         ws.send(command(b"D", 24 * MiB))
         assert receive(ws, 24 * MiB, pause=0.003) == pattern(24 * MiB)
-    line = last_session(broker, before)
-    assert zero_copied(line) > 23, line
+    line = broker.ended_session(before)
+    assert zero_copied_mib(line) > 23, line
 
 
 def test_pings_from_the_browser_are_answered_between_large_frames(browser) -> None:
@@ -184,9 +160,9 @@ def test_the_vnc_server_closing_after_a_large_update_ends_the_session_after_its_
 
 def test_a_unix_socket_vnc_server_is_relayed_by_copying(tcp_broker: BrokerProcess) -> None:
     """From a UNIX socket the kernel's splice costs more than a copy (docs/benchmarks.md)."""
-    before = ended_count(tcp_broker)
+    before = len(tcp_broker.ended_sessions())
     with opener(tcp_broker, "stream-unix")() as ws:
         ws.send(command(b"D", 8 * MiB))
         assert receive(ws, 8 * MiB) == pattern(8 * MiB)
-    line = last_session(tcp_broker, before)
-    assert "8.0 MiB to the browser" in line and zero_copied(line) == 0, line
+    line = tcp_broker.ended_session(before)
+    assert "8.0 MiB to the browser" in line and zero_copied_mib(line) == 0, line
