@@ -31,6 +31,10 @@ WEBSOCKIFY = Path(sys.executable).parent / "websockify"  # the bench venv's, fro
 PYSPY = Path(sys.executable).parent / "py-spy"
 API_KEY = "bench-key-0123456789abcdef"
 ARMS = ("direct", "websockify", "broker")
+# The plain C forwarder (relay.c): the least any relay process can do, so the ceiling beside
+# which the broker's downstream figures read. Run on the down workloads only.
+FLOOR = "c-relay"
+FLOOR_WORKLOADS = ("down", "down_unix")
 MiB = 1024 * 1024
 
 SIZES = {
@@ -74,7 +78,12 @@ class Bench:
             return Relay(arm, f"unix:{self.backend_sock}" if unix else f"tcp:127.0.0.1:{self.backend_port}")
         port = free_port()
         log = self.logs / f"{arm}.log"
-        if arm == "websockify":
+        if arm == FLOOR:
+            backend = f"unix:{self.backend_sock}" if unix else f"tcp:{self.backend_port}"
+            proc = Proc([str(BUILD / "relay"), str(port), backend], log)
+            relay = Relay(arm, f"tcp:127.0.0.1:{port}", proc)
+            wait_port(port)
+        elif arm == "websockify":
             backend = [f"--unix-target={self.backend_sock}"] if unix else [f"127.0.0.1:{self.backend_port}"]
             proc = Proc([str(WEBSOCKIFY), f"127.0.0.1:{port}", *backend], log)
             relay = Relay(arm, f"ws://127.0.0.1:{port}/", proc)
@@ -177,11 +186,11 @@ class Bench:
             ("setup", lambda arm, rep: self.measure("setup", arm, rep, "setup", s["setup"])),
         ] + [(f"conc{n}", lambda arm, rep, n=n: self.concurrency(n, arm, rep)) for n in s["levels"]]
         for rep in range(s["reps"]):
-            arms = ARMS[rep % 3:] + ARMS[:rep % 3]  # rotate the order, so drift spreads over the arms
             for name, run in workloads:
                 if only and name not in only and name.rstrip("0123456789") not in only:
                     continue
-                for arm in arms:
+                arms = ARMS + (FLOOR,) if name in FLOOR_WORKLOADS else ARMS
+                for arm in arms[rep % len(arms):] + arms[:rep % len(arms)]:  # rotated: drift spreads over the arms
                     run(arm, rep)
 
     def profile(self, name: str, load) -> dict:

@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ARMS = ("direct", "websockify", "broker")
+FLOOR = "c-relay"  # the plain C forwarder (bench/relay.c), on the down workloads only
+GiB = 1024 ** 3
 
 # (label, workload, key, unit, higher is better)
 ROWS = [
@@ -52,6 +54,8 @@ def derive(r: dict) -> dict:
             r["client_cpu_pct"] = 100 * r["client_cpu_s"] / seconds
         if "relay_cpu_s" in r:
             r["relay_cpu_pct"] = 100 * r["relay_cpu_s"] / seconds
+    if r.get("bytes") and "relay_cpu_s" in r and r["workload"] in ("down", "down_unix", "up"):
+        r["relay_cpu_s_per_gib"] = r["relay_cpu_s"] * GiB / r["bytes"]
     if r.get("messages") and "relay_cpu_s" in r:
         r["relay_cpu_us_per_msg"] = 1e6 * r["relay_cpu_s"] / r["messages"]
     if r.get("opened") and "mem_loaded.pss_mib" in r:
@@ -110,6 +114,22 @@ def table(m: dict) -> list[str]:
     return lines
 
 
+def floor_table(m: dict) -> list[str]:
+    """Downstream beside the least any relay process can do here (bench/relay.c), and what
+    each relay's CPU costs per GiB moved."""
+    lines = ["| workload | direct MiB/s | plain C relay MiB/s | broker MiB/s | C relay/direct | broker/direct "
+             "| broker/C relay | relay CPU s/GiB: websockify | C relay | broker |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for workload in ("down", "down_unix", "up"):
+        if workload not in m:
+            continue
+        d, c, b = (get(m, workload, arm, "mib_s") for arm in ("direct", FLOOR, "broker"))
+        cpu = [get(m, workload, arm, "relay_cpu_s_per_gib") for arm in ("websockify", FLOOR, "broker")]
+        lines.append(f"| {workload} | {fmt(d)} | {fmt(c)} | {fmt(b)} | {ratio(c, d)} | {ratio(b, d)} | {ratio(b, c)} "
+                     f"| {' | '.join(fmt(x) for x in cpu)} |")
+    return lines
+
+
 def targets(m: dict) -> list[tuple[str, str, str, bool | None]]:
     """(target, required, measured, met) for the goals set for the broker."""
     def v(workload: str, arm: str, key: str) -> float | None:
@@ -126,6 +146,9 @@ def targets(m: dict) -> list[tuple[str, str, str, bool | None]]:
 
     check("down vs websockify", "≥ 1.25×", r("down", "mib_s"), lambda x: x >= 1.25)
     check("down vs direct", "≥ 0.6×", r("down", "mib_s", "direct"), lambda x: x >= 0.6)
+    floor = v("down", FLOOR, "mib_s"), v("down", "direct", "mib_s")
+    check("(context) the plain C relay's own down vs direct", "–",
+          floor[0] / floor[1] if None not in floor and floor[1] else None, lambda x: None)
     check("up vs websockify", "≥ 2×", r("up", "mib_s"), lambda x: x >= 2)
     check("small-frame rate vs websockify", "≥ 10×", r("flood", "msg_s"), lambda x: x >= 10)
     for q in ("p50", "p99"):
@@ -163,7 +186,7 @@ def cpu_table(m: dict) -> list[str]:
     lines = ["| workload | arm | seconds | client CPU % | relay CPU % | other processes' CPU % |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for workload in m:
-        for arm in ARMS:
+        for arm in (*ARMS, FLOOR):
             x = m[workload].get(arm)
             if x and "seconds" in x:
                 lines.append(f"| {workload} | {arm} | {fmt(x['seconds'])} | {fmt(x.get('client_cpu_pct'))} "
@@ -265,6 +288,8 @@ def write(out: Path, info: dict, results: list[dict]) -> None:
                          "| target | required | measured | met |", "| --- | --- | ---: | --- |"]
     lines += [f"| {name} | {req} | {val} | {'yes' if ok else 'no' if ok is not None else '–'} |"
               for name, req, val, ok in targets(m)]
+    lines += ["", "## Downstream beside the least a relay can do (plain C forwarder, bench/relay.c)", "",
+              *floor_table(m)]
     lines += ["", "## Scaling: broker cost per session", "",
               "Δ = growth over the same relay idle, before the sessions opened, divided by the sessions opened. The "
               "broker's PSS moves with whatever else maps the same libraries, so its ΔRSS is the figure to read.", "",

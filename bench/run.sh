@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark in one command: bash bench/run.sh [--quick] [--out DIR] [--only down,up,...] [--no-profile]
-# Builds the C backend and client into bench/build/ and the bench venv bench/.venv (websockify 0.13.0 and
+# Builds the C backend, client and plain relay into bench/build/ and the bench venv bench/.venv (websockify 0.13.0 and
 # the plotting/profiling tools, from PyPI; never the project's .venv), then runs `python -m bench`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,7 +12,7 @@ if ! "$venv/bin/python" -c 'import websockify, numpy, matplotlib' 2>/dev/null ||
     "$venv/bin/pip" install -q "${packages[@]}"
 fi
 mkdir -p "$here/build"
-for prog in backend client; do
+for prog in backend client relay; do
     if [ ! -x "$here/build/$prog" ] || [ "$here/$prog.c" -nt "$here/build/$prog" ]; then
         gcc -O2 -Wall -pthread -o "$here/build/$prog" "$here/$prog.c"
     fi
