@@ -54,6 +54,7 @@ class RelayEnd(enum.Enum):
     CLIENT_SENT_TEXT = "client sent a text message"
     STOPPED = "stopped from outside"
     IDLE = "no input from the client for too long"
+    CLIENT_UNRESPONSIVE = "the client stopped answering pings"
 
 
 async def relay(

@@ -196,6 +196,18 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._sink is not None:
             self._sink.finish(RelayEnd.CLIENT_CLOSED)
 
+    def keepalive_timeout(self) -> None:
+        """uvicorn sends 1011 and closes gracefully; but a browser that stopped reading never
+        lets that close frame out, so the connection, the session and its VNC connection (and
+        any frame waiting in its pipe) would stay. End the session, and drop the connection
+        if its output cannot drain."""
+        sink = self._sink
+        super().keepalive_timeout()
+        if sink is not None:
+            sink.finish(RelayEnd.CLIENT_UNRESPONSIVE)  # also hands a half-sent frame to the transport
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._sink is not None:

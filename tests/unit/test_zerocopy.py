@@ -8,6 +8,9 @@ broker sends keepalive pings every 20 ms, so uvicorn's own writes fall between t
 
 from __future__ import annotations
 
+import base64
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -166,3 +169,46 @@ def test_a_unix_socket_vnc_server_is_relayed_by_copying(tcp_broker: BrokerProces
         assert receive(ws, 8 * MiB) == pattern(8 * MiB)
     line = tcp_broker.ended_session(before)
     assert "8.0 MiB to the browser" in line and zero_copied_mib(line) == 0, line
+
+
+@pytest.fixture(scope="module")
+def impatient_broker(tmp_path_factory, servers) -> Iterator[BrokerProcess]:
+    """Pings every 0.1 s that must be answered within 0.5 s."""
+    consoles = f"stream-tcp={servers['tcp'].target}"
+    env = {"BROKER_CONNECT": "test:///default", "BROKER_STATIC_CONSOLES": consoles,
+           "BROKER_PING_INTERVAL": "0.1", "BROKER_PING_TIMEOUT": "0.5"}
+    process = start_broker(tmp_path_factory.mktemp("impatient-state"), extra_env=env)
+    yield process
+    process.stop()
+
+
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_browser_that_stops_reading_mid_update_is_dropped_with_everything_it_held(impatient_broker) -> None:
+    """It can no longer take a close frame: the session ends after ping_timeout and the
+    connection, the VNC connection and the session's pipe are all released."""
+    broker = impatient_broker
+    pid = broker.process.pid
+    idle_descriptors = open_descriptors(pid)
+    before = len(broker.ended_sessions())
+    url = broker.api("POST", "/api/v1/domains/stream-tcp/console").json()["websocket_url"]
+    host, _, rest = url.removeprefix("ws://").partition("/")
+    stalled = socket.create_connection((host.split(":")[0], int(host.split(":")[1])))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    key = base64.b64encode(os.urandom(16)).decode()
+    stalled.sendall(f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    assert b" 101 " in stalled.recv(4096).split(b"\r\n")[0]
+    masked_command = bytes([0x82, 0x80 | 5]) + b"\0\0\0\0" + command(b"D", 64 * MiB)  # mask of zeros
+    stalled.sendall(masked_command)
+    try:
+        line = broker.ended_session(before, timeout=15)  # and then never read again
+        assert "the client stopped answering pings" in line, line
+        deadline = time.monotonic() + 5
+        while open_descriptors(pid) > idle_descriptors:
+            assert time.monotonic() < deadline, f"{open_descriptors(pid)} descriptors open, {idle_descriptors} before"
+            time.sleep(0.05)
+    finally:
+        stalled.close()
