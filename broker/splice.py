@@ -343,7 +343,6 @@ class _Splice:
             self.kernel.start()
 
     def kernel_chunk(self, size: int) -> None:
-        self.traffic.down += size
         if size < ZERO_COPY_UNTIL or not zerocopy.supported:
             self.read_by_copying()
 
@@ -353,6 +352,7 @@ class _Splice:
         if kernel is None:
             return
         kernel.close()
+        self.traffic.down += kernel.sent
         self.traffic.zero_copy += kernel.moved
         self.browser.set_write_buffer_limits()  # uvicorn's (64 KiB) again
         if not self.browser_blocked and not self.ended.done():

@@ -21,6 +21,7 @@ meantime is held back (`hold`/`release`, see splice.py) and goes out after the f
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -38,7 +39,7 @@ log = logging.getLogger("broker.zerocopy")
 PIPE_SIZE = 1024 * 1024
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 # Errors that mean "splice(2) does not work on these descriptors here": copy instead.
-_UNSUPPORTED = {22, 38, 95}  # EINVAL, ENOSYS, EOPNOTSUPP
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 
 supported = hasattr(os, "splice")  # Linux, Python 3.10+; False once the kernel says no
 
@@ -95,7 +96,8 @@ class KernelDownstream:
         self.reading = False
         self.header = b""  # of the frame in flight: what of its header is not sent yet
         self.left = 0  # ... and how many of its payload bytes are still in the pipe
-        self.moved = 0  # bytes that went socket to socket without a copy
+        self.sent = 0  # bytes framed for the browser (every one of them, copied or not)
+        self.moved = 0  # ... of which went socket to socket without a copy
         self.fds: list[int] = []
         try:
             self.pipe_out, self.pipe_in = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -158,7 +160,10 @@ class KernelDownstream:
         self.header, self.left = server_frame_header(count), count
         if browser.is_closing():
             self._drop()
-        elif browser.get_write_buffer_size():  # uvicorn has queued something: ours goes behind it
+            self.on_chunk(count)
+            return
+        self.sent += count
+        if browser.get_write_buffer_size():  # uvicorn has queued something: ours goes behind it
             self._rest_to_transport()
         elif not self._send():  # the socket is full: the rest waits in the pipe, no copy
             self.stop()
