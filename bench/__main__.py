@@ -32,9 +32,9 @@ PYSPY = Path(sys.executable).parent / "py-spy"
 API_KEY = "bench-key-0123456789abcdef"
 ARMS = ("direct", "websockify", "broker")
 # The plain C forwarder (relay.c): the least any relay process can do, so the ceiling beside
-# which the broker's downstream figures read. Run on the down workloads only.
+# which the broker's downstream and round-trip figures read.
 FLOOR = "c-relay"
-FLOOR_WORKLOADS = ("down", "down_unix")
+FLOOR_WORKLOADS = ("down", "down_unix", "rtt")
 MiB = 1024 * 1024
 
 SIZES = {

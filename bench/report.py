@@ -127,6 +127,13 @@ def floor_table(m: dict) -> list[str]:
         cpu = [get(m, workload, arm, "relay_cpu_s_per_gib") for arm in ("websockify", FLOOR, "broker")]
         lines.append(f"| {workload} | {fmt(d)} | {fmt(c)} | {fmt(b)} | {ratio(c, d)} | {ratio(b, d)} | {ratio(b, c)} "
                      f"| {' | '.join(fmt(x) for x in cpu)} |")
+    if "rtt" in m:
+        lines += ["", "| round trip 64 B: latency added over direct | websockify µs | plain C relay µs | broker µs "
+                  "| C relay/websockify | broker/websockify |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for q in ("p50", "p99"):
+            d, w, c, b = (get(m, "rtt", arm, f"rtt_{q}_us") for arm in ("direct", "websockify", FLOOR, "broker"))
+            if None not in (d, w, c, b):
+                lines.append(f"| {q} | {fmt(w - d)} | {fmt(c - d)} | {fmt(b - d)} | {ratio(c - d, w - d)} | {ratio(b - d, w - d)} |")
     return lines
 
 
@@ -155,6 +162,9 @@ def targets(m: dict) -> list[tuple[str, str, str, bool | None]]:
         d, w, b = (v("rtt", arm, f"rtt_{q}_us") for arm in ARMS)
         added = (b - d) / (w - d) if None not in (d, w, b) and w != d else None
         check(f"round-trip latency added over direct, {q}, vs websockify's", "≤ 0.5×", added, lambda x: x <= 0.5)
+        c = v("rtt", FLOOR, f"rtt_{q}_us")
+        floor_added = (c - d) / (w - d) if None not in (d, w, c) and w != d else None
+        check(f"(context) the plain C relay's own added latency, {q}, vs websockify's", "–", floor_added, lambda x: None)
     opened = v("conc1000", "broker", "opened")
     check("1000 sessions: all open (broker)", "= 1000", opened, lambda x: x >= 1000)
     check("1000 sessions: aggregate msg/s vs websockify", "≥ 3×", r("conc1000", "msg_s"), lambda x: x >= 3)
