@@ -35,6 +35,9 @@ ARMS = ("direct", "websockify", "broker")
 # which the broker's downstream and round-trip figures read.
 FLOOR = "c-relay"
 FLOOR_WORKLOADS = ("down", "down_unix", "rtt")
+# With --base-tree DIR: the broker from another checkout's code (this venv), in every workload,
+# so that a change to the relay is measured side by side with what it changes.
+BASE = "broker-base"
 MiB = 1024 * 1024
 
 SIZES = {
@@ -69,6 +72,7 @@ class Bench:
     backend_sock: str = ""
     backend_pid: int = 0
     waited: float = 0.0  # seconds spent waiting for a quiet machine, in all
+    base_tree: Path | None = None  # --base-tree
     results: list[dict] = field(default_factory=list)
 
     # -- relays ---------------------------------------------------------------------
@@ -89,9 +93,13 @@ class Bench:
             relay = Relay(arm, f"ws://127.0.0.1:{port}/", proc)
             wait_port(port)
         else:
-            config = self.logs / "broker.toml"
-            config.write_text(broker_config(port, self.backend_port, self.backend_sock, self.logs / "state"))
-            proc = Proc([str(BROKER), "serve", "--config", str(config)], log)
+            config = self.logs / f"{arm}.toml"
+            config.write_text(broker_config(port, self.backend_port, self.backend_sock, self.logs / f"state-{arm}"))
+            if arm == BASE:  # -P: import broker from PYTHONPATH, not from the working directory
+                proc = Proc([str(BROKER.parent / "python"), "-P", "-m", "broker", "serve", "--config", str(config)], log,
+                            env={**os.environ, "PYTHONPATH": str(self.base_tree)})
+            else:
+                proc = Proc([str(BROKER), "serve", "--config", str(config)], log)
             console = "bench-unix" if unix else "bench-tcp"
             relay = Relay(arm, f"mint:http://127.0.0.1:{port}/api/v1/domains/{console}/console", proc)
             wait_http(f"http://127.0.0.1:{port}/healthz", proc)
@@ -190,6 +198,8 @@ class Bench:
                 if only and name not in only and name.rstrip("0123456789") not in only:
                     continue
                 arms = ARMS + (FLOOR,) if name in FLOOR_WORKLOADS else ARMS
+                if self.base_tree:
+                    arms += (BASE,)
                 for arm in arms[rep % len(arms):] + arms[:rep % len(arms)]:  # rotated: drift spreads over the arms
                     run(arm, rep)
 
@@ -311,6 +321,9 @@ def main() -> None:
     parser.add_argument("--levels", help="comma-separated session counts for the concurrency runs (default: by mode)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render results.md and the plot")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the broker")
+    parser.add_argument("--reps", type=int, help="repetitions of each measurement (default: 3, or 1 with --quick)")
+    parser.add_argument("--base-tree", type=Path, metavar="DIR",
+                        help="also run the broker from this checkout (e.g. a git worktree of the commit before a change)")
     args = parser.parse_args()
     # Killed from outside (`timeout`, CI): unwind through the finally blocks that stop the
     # backend and relays, instead of leaving them running.
@@ -330,11 +343,15 @@ def main() -> None:
     out = args.out or (Path("/tmp/bench-quick") if args.quick else HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    sizes = dict(SIZES[mode], levels=tuple(int(n) for n in args.levels.split(","))) if args.levels else SIZES[mode]
-    bench = Bench(out=out, logs=logs, sizes=sizes)
+    sizes = dict(SIZES[mode], levels=tuple(int(n) for n in args.levels.split(","))) if args.levels else dict(SIZES[mode])
+    if args.reps:
+        sizes["reps"] = args.reps
+    if args.base_tree and not (args.base_tree / "broker" / "__init__.py").exists():
+        sys.exit(f"bench: {args.base_tree} holds no broker/ package")
+    bench = Bench(out=out, logs=logs, sizes=sizes, base_tree=args.base_tree.resolve() if args.base_tree else None)
     bench.backend_port, bench.backend_sock = free_port(), str(logs / "backend.sock")
     info = {"mode": mode, "command": " ".join(["bash bench/run.sh", *sys.argv[1:]]), "machine": machine(),
-            "sizes": sizes, "logs": str(logs)}
+            "sizes": sizes, "logs": str(logs), "base_tree": str(bench.base_tree) if bench.base_tree else None}
     print(f"bench: {mode} run, logs in {logs}", flush=True)
     started = time.monotonic()
     backend = Proc([str(BUILD / "backend"), str(bench.backend_port), bench.backend_sock], logs / "backend.log")

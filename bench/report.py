@@ -9,7 +9,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ARMS = ("direct", "websockify", "broker")
-FLOOR = "c-relay"  # the plain C forwarder (bench/relay.c), on the down workloads only
+FLOOR = "c-relay"  # the plain C forwarder (bench/relay.c), on the down and rtt workloads
+BASE = "broker-base"  # the broker from --base-tree
 GiB = 1024 ** 3
 
 # (label, workload, key, unit, higher is better)
@@ -137,6 +138,20 @@ def floor_table(m: dict) -> list[str]:
     return lines
 
 
+def base_table(m: dict) -> list[str]:
+    """The broker beside the broker of --base-tree, workload by workload."""
+    lines = ["| workload | figure | broker-base | broker | broker/broker-base |", "| --- | --- | ---: | ---: | ---: |"]
+    figures = [("mib_s", "MiB/s"), ("msg_s", "msg/s"), ("rtt_p50_us", "p50 µs"), ("rtt_p99_us", "p99 µs"),
+               ("first_byte_p50_us", "set-up p50 µs"), ("relay_cpu_s_per_gib", "relay CPU s/GiB"),
+               ("relay_cpu_us_per_msg", "relay CPU µs/echo"), ("mem_loaded.rss_mib", "relay RSS MiB")]
+    for workload in m:
+        for key, label in figures:
+            a, b = get(m, workload, BASE, key), get(m, workload, "broker", key)
+            if a is not None and b is not None:
+                lines.append(f"| {workload} | {label} | {fmt(a)} | {fmt(b)} | {ratio(b, a)} |")
+    return lines
+
+
 def targets(m: dict) -> list[tuple[str, str, str, bool | None]]:
     """(target, required, measured, met) for the goals set for the broker."""
     def v(workload: str, arm: str, key: str) -> float | None:
@@ -196,7 +211,7 @@ def cpu_table(m: dict) -> list[str]:
     lines = ["| workload | arm | seconds | client CPU % | relay CPU % | other processes' CPU % |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for workload in m:
-        for arm in (*ARMS, FLOOR):
+        for arm in (*ARMS, FLOOR, BASE):
             x = m[workload].get(arm)
             if x and "seconds" in x:
                 lines.append(f"| {workload} | {arm} | {fmt(x['seconds'])} | {fmt(x.get('client_cpu_pct'))} "
@@ -300,6 +315,8 @@ def write(out: Path, info: dict, results: list[dict]) -> None:
               for name, req, val, ok in targets(m)]
     lines += ["", "## Downstream beside the least a relay can do (plain C forwarder, bench/relay.c)", "",
               *floor_table(m)]
+    if any(BASE in arms for arms in m.values()):
+        lines += ["", f"## The broker beside the broker of `{info.get('base_tree')}`", "", *base_table(m)]
     lines += ["", "## Scaling: broker cost per session", "",
               "Δ = growth over the same relay idle, before the sessions opened, divided by the sessions opened. The "
               "broker's PSS moves with whatever else maps the same libraries, so its ΔRSS is the figure to read.", "",

@@ -4,8 +4,7 @@ Written by hand because no library does it and it is the downstream hot path. Re
 large update through user space costs two copies per byte (recv into a new `bytes`, send
 out of it). Here the VNC socket's pages are spliced into a pipe and from the pipe into the
 browser's socket, and only the frame header is written from Python: the bytes never leave
-the kernel. That cuts the broker's CPU per GiB downstream by about 40 %
-(docs/benchmarks.md).
+the kernel. That cuts the broker's CPU per GiB downstream by a third (docs/benchmarks.md).
 
 Used only while a TCP backend streams (splice.py decides): for small messages, three system
 calls (splice in, header, splice out) cost more than uvloop's read and write, and from a
@@ -35,7 +34,7 @@ log = logging.getLogger("broker.zerocopy")
 
 # The most one splice moves, so the largest frame and the most a stalled browser's session
 # holds in its pipe (beside what the kernel's socket buffers hold, up to MiBs themselves).
-# 1 MiB cost 20 % less CPU per GiB than 256 KiB.
+# 1 MiB cost about a fifth less CPU per GiB than 256 KiB.
 PIPE_SIZE = 1024 * 1024
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
 # Errors that mean "splice(2) does not work on these descriptors here": copy instead.
