@@ -332,8 +332,12 @@ class _Splice:
                 on_chunk=self.kernel_chunk,
                 on_end=self.backend_closed,
             )
-        except (OSError, ValueError) as exc:  # out of descriptors, say: copying works too, with more CPU
-            log.debug("zero-copy not available for this session: %s", exc)
+        except ValueError as exc:  # not worth it for this session, and will not become so
+            log.debug("zero-copy off for this session: %s", exc)
+            self.kernel_possible = False
+            return
+        except OSError as exc:  # out of descriptors, say: copying works too, with more CPU
+            log.debug("zero-copy not available just now: %s", exc)
             return
         self.backend.pause_reading()
         # With the high-water mark at 0, pause_writing/resume_writing say exactly "something

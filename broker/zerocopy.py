@@ -37,8 +37,13 @@ log = logging.getLogger("broker.zerocopy")
 # 1 MiB cost about a fifth less CPU per GiB than 256 KiB.
 PIPE_SIZE = 1024 * 1024
 _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK if hasattr(os, "splice") else 0
-# Errors that mean "splice(2) does not work on these descriptors here": copy instead.
-_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+# A pipe smaller than this (a user over its pipe quota gets 8 KiB) is not worth the calls.
+MIN_PIPE_SIZE = 64 * 1024
+# Errors that mean "splice(2) is not allowed or does not work here": copy instead, everywhere.
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES}
+# Errors that mean the VNC connection itself is over.
+_CONNECTION_OVER = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT, errno.ENOTCONN,
+                    errno.ESHUTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 supported = hasattr(os, "splice")  # Linux, Python 3.10+; False once the kernel says no
 
@@ -106,11 +111,13 @@ class KernelDownstream:
             except OSError:  # over /proc/sys/fs/pipe-max-size for this user: the default will do
                 pass
             self.chunk: int = fcntl.fcntl(self.pipe_in, fcntl.F_GETPIPE_SZ)
+            if self.chunk < MIN_PIPE_SIZE:
+                raise ValueError(f"a pipe of only {self.chunk} bytes (over this user's pipe quota?)")
             self.src = os.dup(src)
             self.fds.append(self.src)
             self.dst_watch = os.dup(dst)  # to wait for the browser's socket to take more
             self.fds.append(self.dst_watch)
-        except OSError:
+        except (OSError, ValueError):
             self._close_fds()
             raise
 
@@ -146,11 +153,15 @@ class KernelDownstream:
         except BlockingIOError:
             return
         except OSError as exc:
-            if exc.errno in _UNSUPPORTED:
-                self._unsupported(exc)
-                self.on_chunk(0)  # nothing moved: the caller goes back to copying
+            if exc.errno not in _CONNECTION_OVER:
+                if exc.errno in _UNSUPPORTED:
+                    self._unsupported(exc)
+                else:  # ENOMEM, ENOBUFS, …: nothing moved, this session copies for now
+                    log.debug("splice(2) from the VNC server failed (%s): copying", exc.strerror)
+                    self.stop()
+                self.on_chunk(0)  # the caller goes back to copying
                 return
-            count = 0  # reset or the like: the VNC connection is over
+            count = 0  # the VNC connection is over
         if not count:
             self.stop()
             self.on_end()

@@ -212,3 +212,49 @@ def test_a_browser_that_stops_reading_mid_update_is_dropped_with_everything_it_h
             time.sleep(0.05)
     finally:
         stalled.close()
+
+
+# Loaded by the broker's interpreter at start (PYTHONPATH): os.splice fails once, at call
+# number TEST_SPLICE_FAIL_AT, with TEST_SPLICE_ERRNO. Call 1 is the first splice from the VNC
+# socket; call 2 the first into the browser's socket, after that frame's header is out.
+FAILING_SPLICE = """
+import errno, os
+_real_splice, _calls = os.splice, [0]
+_fail_at, _errno = int(os.environ["TEST_SPLICE_FAIL_AT"]), getattr(errno, os.environ["TEST_SPLICE_ERRNO"])
+def splice(*args, **kwargs):
+    _calls[0] += 1
+    if _calls[0] == _fail_at:
+        raise OSError(_errno, os.strerror(_errno))
+    return _real_splice(*args, **kwargs)
+os.splice = splice
+"""
+
+
+@pytest.mark.parametrize(
+    "error, at_call, refused",
+    [("EPERM", 1, True), ("EINVAL", 2, True), ("ENOMEM", 1, False)],
+    ids=["refused-by-policy", "refused-mid-frame", "out-of-memory-once"],
+)
+def test_a_failing_splice_falls_back_to_copying_without_losing_a_byte(
+    tmp_path: Path, servers, error: str, at_call: int, refused: bool
+) -> None:
+    """A kernel or policy that refuses splice(2) (seccomp, an LSM, an old kernel) switches
+    the broker to copying for good; a passing failure only for the moment. Either way the
+    session goes on and every byte arrives."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_SPLICE)
+    env = {"BROKER_CONNECT": "test:///default", "BROKER_STATIC_CONSOLES": f"stream-tcp={servers['tcp'].target}",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "TEST_SPLICE_FAIL_AT": str(at_call), "TEST_SPLICE_ERRNO": error}
+    broker = start_broker(tmp_path / "state", extra_env=env)
+    try:
+        with opener(broker, "stream-tcp")() as ws:
+            for _ in range(2):  # the second update: copied for good, or through the kernel again
+                ws.send(command(b"D", 8 * MiB))
+                assert receive(ws, 8 * MiB) == pattern(8 * MiB)
+        line = broker.ended_session(0)
+        assert "16.0 MiB to the browser" in line, line
+        assert ("splice(2) refused" in broker.log()) is refused
+        assert (zero_copied_mib(line) == 0) is refused, line
+    finally:
+        broker.stop()
