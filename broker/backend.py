@@ -108,15 +108,20 @@ class BackendConnection(asyncio.Protocol):
             self.transport.resume_reading()  # type: ignore[union-attr]
 
     def splice(self, sink: Sink) -> bytes:
-        """From now on deliver to `sink`; returns what was buffered and not yet read."""
+        """From now on deliver to `sink`; returns what was buffered and not yet read.
+
+        If the server has closed already, the caller says so to the sink (see `closed`)
+        once it has passed the leftover on: the sink hears of no close before that."""
         self._sink = sink
         leftover, self._buffer = bytes(self._buffer), bytearray()
         if self._read_paused:
             self._read_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
-        if self._closed:
-            sink.backend_closed()
         return leftover
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         if self.transport is not None:

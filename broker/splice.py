@@ -104,6 +104,8 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             leftover = backend.splice(sink)
             if leftover:
                 sink.backend_data(leftover)
+            if backend.closed:  # after the leftover: the server's last words reach the browser
+                sink.backend_closed()
             # Callbacks and one timer, not a watcher task: a task per session is memory at 1000.
             stop.add_done_callback(sink.stopped)
             if idle_timeout:

@@ -43,6 +43,12 @@ class BrowserTransport:
     def pause_reading(self) -> None:
         pass
 
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # no socket: the kernel path stays off
+
 
 def protocol_with_handshake_done() -> SplicingWebSocketProtocol:
     protocol = object.__new__(SplicingWebSocketProtocol)  # no server around it: only the parsers
@@ -108,3 +114,22 @@ def test_nothing_is_relayed_after_websockets_fails_the_connection() -> None:
     protocol.data_received(frame(0x2, b"before") + frame(0xB, b"") + frame(0x2, b"AFTER"))
     assert side.relayed == [b"before"]
     assert protocol.conn.close_sent is not None and protocol.conn.close_sent.code == 1002
+
+
+def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> None:
+    """The server sent bytes and closed before the splice began: the bytes go out, then the
+    session ends (the close was once reported first, and the bytes dropped)."""
+    from broker.backend import BackendConnection
+
+    async def scenario() -> tuple[RelayEnd, bytes]:
+        protocol = protocol_with_handshake_done()
+        backend = BackendConnection()
+        backend.connection_made(BrowserTransport())  # type: ignore[arg-type]  # stands in for the VNC side
+        backend.data_received(b"RFB 003.008\n")
+        backend.eof_received()
+        end = await protocol.splice(backend, stop=asyncio.get_running_loop().create_future())
+        return end, protocol.transport.written  # type: ignore[attr-defined]
+
+    end, written = asyncio.run(scenario())
+    assert end is RelayEnd.BACKEND_CLOSED
+    assert written == bytes((0x82, 12)) + b"RFB 003.008\n"
