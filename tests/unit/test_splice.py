@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from broker.relay import RelayEnd
 from broker.splice import SplicingWebSocketProtocol
@@ -130,6 +131,8 @@ def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> 
         end = await protocol.splice(backend, stop=asyncio.get_running_loop().create_future())
         return end, protocol.transport.written  # type: ignore[attr-defined]
 
-    end, written = asyncio.run(scenario())
+    # In a thread of its own: earlier tests (Playwright's sync API) leave a loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        end, written = pool.submit(asyncio.run, scenario()).result(timeout=10)
     assert end is RelayEnd.BACKEND_CLOSED
     assert written == bytes((0x82, 12)) + b"RFB 003.008\n"
