@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,10 +38,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Stre
     unix.close()
 
 
-def broker_for(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, StreamServer], *args: str) -> BrokerProcess:
+def static_broker(state_dir: Path, servers: dict[str, StreamServer], *args: str, **env: str) -> BrokerProcess:
+    """A real `broker serve` on test:///default whose consoles stream-KIND are `servers`."""
     consoles = ",".join(f"stream-{kind}={server.target}" for kind, server in servers.items())
-    env = {"BROKER_CONNECT": "test:///default", "BROKER_STATIC_CONSOLES": consoles, "BROKER_PING_INTERVAL": "0.02"}
-    return start_broker(tmp_path_factory.mktemp("zerocopy-state"), *args, extra_env=env)
+    return start_broker(
+        state_dir, *args, extra_env={"BROKER_CONNECT": "test:///default", "BROKER_STATIC_CONSOLES": consoles, **env}
+    )
+
+
+def broker_for(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, StreamServer], *args: str) -> BrokerProcess:
+    return static_broker(tmp_path_factory.mktemp("zerocopy-state"), servers, *args, BROKER_PING_INTERVAL="0.02")
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +181,8 @@ def test_a_unix_socket_vnc_server_is_relayed_by_copying(tcp_broker: BrokerProces
 @pytest.fixture(scope="module")
 def impatient_broker(tmp_path_factory, servers) -> Iterator[BrokerProcess]:
     """Pings every 0.1 s that must be answered within 0.5 s."""
-    consoles = f"stream-tcp={servers['tcp'].target}"
-    env = {"BROKER_CONNECT": "test:///default", "BROKER_STATIC_CONSOLES": consoles,
-           "BROKER_PING_INTERVAL": "0.1", "BROKER_PING_TIMEOUT": "0.5"}
-    process = start_broker(tmp_path_factory.mktemp("impatient-state"), extra_env=env)
+    process = static_broker(tmp_path_factory.mktemp("impatient-state"), {"tcp": servers["tcp"]},
+                            BROKER_PING_INTERVAL="0.1", BROKER_PING_TIMEOUT="0.5")
     yield process
     process.stop()
 
@@ -243,10 +248,9 @@ def test_a_failing_splice_falls_back_to_copying_without_losing_a_byte(
     session goes on and every byte arrives."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_SPLICE)
-    env = {"BROKER_CONNECT": "test:///default", "BROKER_STATIC_CONSOLES": f"stream-tcp={servers['tcp'].target}",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
-           "TEST_SPLICE_FAIL_AT": str(at_call), "TEST_SPLICE_ERRNO": error}
-    broker = start_broker(tmp_path / "state", extra_env=env)
+    broker = static_broker(tmp_path / "state", {"tcp": servers["tcp"]},
+                           PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+                           TEST_SPLICE_FAIL_AT=str(at_call), TEST_SPLICE_ERRNO=error)
     try:
         with opener(broker, "stream-tcp")() as ws:
             for _ in range(2):  # the second update: copied for good, or through the kernel again
