@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid as uuidlib
 from contextlib import suppress
@@ -9,7 +10,15 @@ from contextlib import suppress
 import libvirt
 
 URI = "qemu:///system"
-PREFIX = "broker-test-"
+# BROKER_TEST_DOMAIN_PREFIX lets two test runs share one libvirtd without removing each
+# other's domains (a second checkout, a helper's run): every broker-test-* name is mapped.
+BASE_PREFIX = "broker-test-"
+PREFIX = os.environ.get("BROKER_TEST_DOMAIN_PREFIX") or BASE_PREFIX
+
+
+def domain_name(name: str) -> str:
+    """The name a test's domain gets in libvirt under this run's prefix."""
+    return PREFIX + name[len(BASE_PREFIX):] if name.startswith(BASE_PREFIX) else name
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -58,6 +67,7 @@ def connect() -> libvirt.virConnect:
 
 
 def define(conn: libvirt.virConnect, name: str, graphics: str, *, start: bool = True, **kwargs: object) -> libvirt.virDomain:
+    name = domain_name(name)
     remove(conn, name)
     dom = conn.defineXML(domain_xml(name, graphics, **kwargs))  # type: ignore[arg-type]
     if start:
@@ -67,7 +77,7 @@ def define(conn: libvirt.virConnect, name: str, graphics: str, *, start: bool = 
 
 def remove(conn: libvirt.virConnect, name: str) -> None:
     with suppress(libvirt.libvirtError):
-        dom = conn.lookupByName(name)
+        dom = conn.lookupByName(domain_name(name))
         with suppress(libvirt.libvirtError):
             dom.destroy()
         with suppress(libvirt.libvirtError):
