@@ -41,6 +41,18 @@ FIN_BINARY = FIN | OP_BINARY
 ZERO_COPY_FROM = 64 * 1024
 ZERO_COPY_UNTIL = 16 * 1024
 
+# What a client that stops reading can make the broker hold for it (docs/security.md).
+# Past CLIENT_BACKLOG_LIMIT bytes waiting for the client, pings go unanswered (the pong for
+# the latest one is sent once the backlog drains) and the client is not read. Legitimate
+# backlogs stay below it: the browser's buffer pauses the VNC side at 64 KiB, plus one read.
+CLIENT_BACKLOG_LIMIT = 512 * 1024
+# After our close frame, a client may send this much before its close reply; then it is cut.
+AFTER_CLOSE_LIMIT = 64 * 1024
+# uvicorn waits 10 s for the close reply; the whole close may take this long before abort().
+CLOSE_REPLY_TIMEOUT = 5.0
+CLOSE_DEADLINE = 10.0
+PONG = 0x80 | 0x0A  # a final, unmasked pong frame's first byte, as websockets serializes it
+
 
 def reader_may_take_over(conn: Any) -> bool:
     """Between frames and outside any fragmented message: then our reader can go on alone."""
@@ -63,16 +75,93 @@ def parser_between_frames(conn: Any) -> bool:
 
 
 class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets protocol, able to splice an accepted connection to a backend."""
+    """uvicorn's websockets protocol, able to splice an accepted connection to a backend,
+    and bounded against clients that stop reading (see CLIENT_BACKLOG_LIMIT)."""
 
     _sink: _Splice | None = None
     _reader: ClientFrameReader | None = None  # None: websockets' own parser reads frames
+    _backlogged = False  # over CLIENT_BACKLOG_LIMIT: not reading the client until it drains
+    _late_pong: bytes | None = None  # the pong for the latest ping left unanswered meanwhile
+    _after_close = 0  # bytes received since our close frame
+    _close_deadline: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timeout = CLOSE_REPLY_TIMEOUT
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][EXTENSION] = self
+        self._bound_close()  # a refused handshake is closed at once
+
+    # -- a client that does not read: bounded backlog, bounded close --------------------
+
+    def client_backlog(self) -> int:
+        """Bytes written for the client that it has not taken yet (in the transport, or held
+        behind a frame the kernel is moving)."""
+        transport = self.transport
+        held = transport.held_size if isinstance(transport, _HeldWrites) else 0
+        return int(transport.get_write_buffer_size()) + held
+
+    def handle_ping(self) -> None:
+        """Answer with a pong, unless our close is sent or the client is not reading what it
+        is sent: then no pong, and no more reading until the backlog drains."""
+        output = self.conn.data_to_send()
+        if not (self.close_sent or self.transport.is_closing() or self.client_backlog() > CLIENT_BACKLOG_LIMIT):
+            self.transport.write(b"".join(output))
+            return
+        pongs = [chunk for chunk in output if chunk[:1] == bytes((PONG,))]
+        rest = [chunk for chunk in output if chunk[:1] != bytes((PONG,))]
+        if rest:
+            self.transport.write(b"".join(rest))
+        if not self.close_sent and not self.transport.is_closing():
+            self._late_pong = pongs[-1] if pongs else self._late_pong
+            if not self._backlogged:
+                self._backlogged = True
+                self.transport.pause_reading()
+
+    def _backlog_drained(self) -> None:
+        if not self._backlogged:
+            return
+        self._backlogged = False
+        pong, self._late_pong = self._late_pong, None
+        if self.close_sent or self.transport.is_closing():
+            return
+        if pong:
+            self.transport.write(pong)
+        if not self.read_paused:  # paused for a reason of its own (backpressure, the app's queue)
+            self.transport.resume_reading()
+
+    def _bound_close(self) -> None:
+        """Once a close is under way, the connection is gone within CLOSE_DEADLINE seconds:
+        a graceful close waits for the write buffer to drain, which a client that does not
+        read never lets happen."""
+        if self._close_deadline is None and not self.disconnected and (self.close_sent or self.transport.is_closing()):
+            self._close_deadline = self.loop.call_later(CLOSE_DEADLINE, self._abort)
+
+    def _abort(self) -> None:
+        if not self.disconnected:
+            transport = self.transport
+            real = transport._transport if isinstance(transport, _HeldWrites) else transport
+            real.abort()
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        self._bound_close()
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        self._bound_close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_deadline is not None:
+            self._close_deadline.cancel()
+            self._close_deadline = None
+        super().connection_lost(exc)
+        if self._sink is not None:
+            self._sink.finish(RelayEnd.CLIENT_CLOSED)
 
     async def splice(
         self,
@@ -100,7 +189,8 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             self._reader = ClientFrameReader(self.conn) if reader_may_take_over(self.conn) else None
             if self.read_paused:
                 self.read_paused = False
-                self.transport.resume_reading()
+                if not self._backlogged:
+                    self.transport.resume_reading()
             leftover = backend.splice(sink)
             if leftover:
                 sink.backend_data(leftover)
@@ -127,6 +217,16 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
     # -- uvicorn's hooks, diverted while spliced ----------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.close_sent:
+            # Only the close reply is awaited now: a client that keeps sending instead is cut.
+            self._after_close += len(data)
+            if self._after_close > AFTER_CLOSE_LIMIT:
+                self._abort()
+                return
+        self._data_received(data)
+        self._bound_close()
+
+    def _data_received(self, data: bytes) -> None:
         sink = self._sink
         reader = self._reader
         if sink is None:
@@ -193,11 +293,6 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._sink is not None:
             self._sink.finish(RelayEnd.CLIENT_CLOSED)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self._sink is not None:
-            self._sink.finish(RelayEnd.CLIENT_CLOSED)
-
     def keepalive_timeout(self) -> None:
         """uvicorn sends 1011 and closes gracefully; but a browser that stopped reading never
         lets that close frame out, so the connection, the session and its VNC connection (and
@@ -209,6 +304,7 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             sink.finish(RelayEnd.CLIENT_UNRESPONSIVE)  # also hands a half-sent frame to the transport
         if self.transport.get_write_buffer_size():
             self.transport.abort()
+        self._bound_close()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -219,6 +315,7 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().resume_writing()
         if self._sink is not None:
             self._sink.browser_drained()
+        self._backlog_drained()
 
 
 class _Splice:
@@ -300,7 +397,8 @@ class _Splice:
         protocol = self.protocol
         if protocol.read_paused and not self.ended.done():
             protocol.read_paused = False
-            protocol.transport.resume_reading()
+            if not protocol._backlogged:
+                protocol.transport.resume_reading()
 
     # -- where the VNC server's bytes are read: backpressure and the two paths ------------
 
@@ -388,12 +486,15 @@ class _HeldWrites:
         self._transport = transport
         self._held: list[bytes] = []
         self._close = False
+        self.held_size = 0
 
     def write(self, data: bytes) -> None:
         self._held.append(bytes(data))
+        self.held_size += len(data)
 
     def writelines(self, lines: Any) -> None:
-        self._held.extend(bytes(line) for line in lines)
+        for line in lines:
+            self.write(line)
 
     def close(self) -> None:
         self._close = True
@@ -408,5 +509,6 @@ class _HeldWrites:
         for data in self._held:
             self._transport.write(data)
         self._held = []
+        self.held_size = 0
         if self._close:
             self._transport.close()

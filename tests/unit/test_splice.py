@@ -51,14 +51,22 @@ class BrowserTransport:
         return default  # no socket: the kernel path stays off
 
 
+class NoTimers:
+    """Stands in for the loop: these tests drive the parsers, not time."""
+
+    def call_later(self, delay: float, callback: object, *args: object) -> object:
+        return None
+
+
 def protocol_with_handshake_done() -> SplicingWebSocketProtocol:
     protocol = object.__new__(SplicingWebSocketProtocol)  # no server around it: only the parsers
     protocol.conn = open_protocol(1 << 20)
     protocol.frames, protocol.curr_msg_data_type = [], "bytes"
-    protocol.close_sent = protocol.read_paused = False
+    protocol.close_sent = protocol.read_paused = protocol.disconnected = False
     protocol.transport = BrowserTransport()  # type: ignore[assignment]
     protocol.queue = asyncio.Queue()
     protocol.logger = __import__("logging").getLogger("test")
+    protocol.loop = NoTimers()  # type: ignore[assignment]
     protocol._sink, protocol._reader = None, None
     return protocol
 
