@@ -292,13 +292,16 @@ class Broker:
                 end = await relay(
                     websocket, stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout, traffic=traffic
                 )
-        except (BrokerError, ClientLeft) as exc:  # from the VNC-auth handshake
-            stream.backend.close()
-            if isinstance(exc, BrokerError):
-                log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
-                await _close(websocket, exc)
+        except BrokerError as exc:  # from the VNC-auth handshake
+            log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
+            await _close(websocket, exc)
+            return
+        except ClientLeft:
+            log.info("console session for %s from %s: the client left during the VNC handshake", domain.name, client)
             return
         finally:
+            # Whatever ended it (also a cancellation): the VNC connection QEMU counts goes too.
+            stream.backend.close()
             if timer is not None:
                 timer.cancel()
             self.forget(session)

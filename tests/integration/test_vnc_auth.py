@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 
 import libvirt
 import pytest
@@ -12,6 +14,7 @@ from websockets.sync.client import connect
 
 from support import vms
 from support.processes import BrokerProcess
+from support.raw_ws import RawWebSocket
 from support.rfb_client import WsBytes, handshake, request_update
 
 pytestmark = pytest.mark.integration
@@ -97,3 +100,39 @@ def test_password_changed_behind_libvirts_back_is_a_clear_close(broker: BrokerPr
             capture_output=True,
         )
     assert "other1" not in broker.log()
+
+
+def vnc_clients(dom: libvirt.virDomain) -> int:
+    """How many VNC clients QEMU itself has connected (its per-VM limit counts these)."""
+    info = subprocess.run(
+        ["virsh", "-c", vms.URI, "qemu-monitor-command", dom.name(), "--hmp", "info vnc"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return len(re.findall(r"^\s*Client:", info, re.MULTILINE))
+
+
+# The browser's side of the handshake the broker offers, one step at a time.
+HANDSHAKE_STEPS = [
+    lambda ws: None,  # gone before the broker says anything
+    lambda ws: ws.read_payload(12),  # ProtocolVersion read
+    lambda ws: ws.send_binary(b"RFB 003.008\n"),  # ProtocolVersion answered
+    lambda ws: ws.read_payload(2),  # security types read
+    lambda ws: ws.send_binary(b"\x01"),  # None chosen
+    lambda ws: ws.read_payload(4),  # SecurityResult read, ClientInit never sent
+]
+
+
+def test_client_reset_at_every_handshake_step_closes_the_vnc_connection(broker: BrokerProcess, locked_vm) -> None:
+    """The broker has logged in to QEMU for the browser; a browser that vanishes at any
+    point must not leave that connection open (QEMU limits them) nor a traceback."""
+    for steps in range(len(HANDSHAKE_STEPS)):
+        ws = RawWebSocket(mint(broker, locked_vm.name())["websocket_url"])
+        for step in HANDSHAKE_STEPS[: steps + 1]:
+            step(ws)
+        ws.reset()
+    deadline = time.monotonic() + 10
+    while vnc_clients(locked_vm) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert vnc_clients(locked_vm) == 0, "the broker kept VNC connections of clients that left"
+    log = broker.log()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
