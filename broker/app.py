@@ -128,8 +128,12 @@ class Broker:
         for session in sessions:
             session.end(BrokerError(VM_STOPPED, f"The virtual machine stopped: {session.name}."))
         revoked = self.tokens.revoke(uuid)
-        if sessions or revoked:
-            log.info("domain %s ended: closing %d session(s), revoking %d unused link(s)", uuid, len(sessions), revoked)
+        pages = self.sessions.end_for(uuid)
+        if sessions or revoked or pages:
+            log.info(
+                "domain %s ended: closing %d session(s), revoking %d unused link(s) and %d page session(s)",
+                uuid, len(sessions), revoked, pages,
+            )
 
     def end_all_sessions(self) -> int:
         """On shutdown: close every session with 1001 and a reason, before the server goes."""

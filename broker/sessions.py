@@ -34,6 +34,11 @@ class ConsoleSessions:
         self.store.add(digest_of(session_id), session)
         return session_id, session
 
+    def end_for(self, uuid: str) -> int:
+        """The domain's run is over: its page sessions end with it, like its unused links,
+        so a cookie never opens the next run of the same UUID (a re-provisioned VM)."""
+        return self.store.revoke(uuid)
+
     def check(self, session_id: str | None, uuid: str) -> Grant:
         """The live session for this console, or SESSION_ENDED."""
         if not session_id or not is_token_shaped(session_id):
@@ -41,6 +46,10 @@ class ConsoleSessions:
         grant = self.store.get(digest_of(session_id))
         if grant is None or grant.console.uuid != uuid:
             raise BrokerError(SESSION_ENDED)
+        if grant.revoked:
+            raise BrokerError(
+                SESSION_ENDED, "The virtual machine stopped since this console was opened; ask for a new console link."
+            )
         if self.clock() >= grant.expires_at:
             raise BrokerError(SESSION_ENDED, "This console session has expired; ask for a new console link.")
         return grant

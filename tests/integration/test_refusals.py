@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import libvirt
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -118,3 +119,30 @@ def test_token_for_a_stopped_vm_never_reaches_the_vm_on_its_port(broker: BrokerP
     finally:
         vms.remove(conn, "broker-test-cve-a")
         vms.remove(conn, "broker-test-cve-b")
+
+
+def test_page_session_ends_with_the_run_it_was_opened_for(broker: BrokerProcess, conn: libvirt.virConnect) -> None:
+    """A console page's cookie opens its VM while that run lasts, never the next run of the
+    same UUID (a re-provisioned VM), even within its session window."""
+    dom = vms.define(conn, "broker-test-rerun", vms.TCP)
+    try:
+        link = mint(broker, dom.name())["console_url"]
+        answer = httpx.get(link, follow_redirects=False, timeout=10)
+        assert answer.status_code == 303
+        cookie = "; ".join(f"{name}={value}" for name, value in answer.cookies.items())
+        page_socket = f"{broker.ws_url}/console/{dom.UUIDString()}/websockify"
+        with connect(page_socket, additional_headers={"Cookie": cookie}) as ws:
+            assert ws.recv(timeout=10).startswith(b"RFB ")
+        dom.destroy()
+        dom.create()
+        deadline = time.monotonic() + 5
+        while "page session(s)" not in broker.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(page_socket, additional_headers={"Cookie": cookie}) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    assert not ws.recv(timeout=10), "the old run's page session reached the new run"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4105, closed.value.rcvd
+        assert "stopped" in closed.value.rcvd.reason
+    finally:
+        vms.remove(conn, dom.name())
