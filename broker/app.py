@@ -126,7 +126,7 @@ class Broker:
         """The domain stopped, crashed or was undefined: end its sessions, spend its links."""
         sessions = self.live.get(uuid, set())
         for session in sessions:
-            session.end(BrokerError(VM_STOPPED, f"The virtual machine stopped: {session.name}."))
+            session.end(BrokerError(VM_STOPPED, f"The virtual machine stopped: {session.name!r}."))
         revoked = self.tokens.revoke(uuid)
         pages = self.sessions.end_for(uuid)
         if sessions or revoked or pages:
@@ -318,7 +318,7 @@ class Broker:
         """Every check before a console is relayed, cheapest first; the link is spent only
         once the broker-wide limits allow the session."""
         if not self.origin_allowed(websocket):
-            raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']}.")
+            raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']!r}.")
         if self.session_count + self.pending >= self.limits.max_sessions:
             raise BrokerError(TOO_MANY_SESSIONS)
         if self.pending >= self.limits.max_pending:
@@ -363,7 +363,7 @@ class Broker:
             return BrokerError(UNSUPPORTED_DATA)
         if end is RelayEnd.BACKEND_CLOSED:
             failure = VM_STOPPED if await self._stopped(domain) else CONSOLE_CLOSED
-            return BrokerError(failure, f"{failure.summary.rstrip('.')}: {domain.name}.")
+            return BrokerError(failure, f"{failure.summary.rstrip('.')}: {domain.name!r}.")
         return None
 
     def origin_allowed(self, connection: HTTPConnection) -> bool:

@@ -18,6 +18,22 @@ _PAIR = re.compile(r"([^&;=]*)=([^&;]*)")
 _BARE_SECRET = re.compile(r"((?:^|\s)(?:token|key|password|passwd)=)[^&;\s\"']*", re.IGNORECASE)
 
 
+# C0 and C1 controls, DEL, and the format characters that reorder or hide text (bidi
+# embeddings, overrides and isolates, marks, zero-width joiners): a domain name, an Origin
+# or a User-Agent holding these could rewrite a terminal or fake a log line.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    """text with every control or bidi character written as an escape (\\x1b, \\u202e)."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _redact_pair(match: re.Match[str]) -> str:
     # Compare the decoded name: Starlette decodes `tok%65n=` into `token` too.
     name = unquote_plus(match.group(1)).strip().lower()
@@ -50,10 +66,12 @@ class QuietClientErrors(logging.Filter):
 
 
 class RedactSecrets(logging.Filter):
+    """Secrets out, and what clients and libvirt supplied made harmless for a terminal."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         # Format first: a secret may sit in the arguments (`token=%s`), and redacting the
         # format string alone would eat its placeholder and lose the line.
-        record.msg = redact(record.getMessage())
+        record.msg = printable(redact(record.getMessage()))
         record.args = None
         return True
 

@@ -42,7 +42,7 @@ async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout:
         raise BrokerError(VNC_HANDSHAKE_FAILED, f"The VNC handshake with {name!r} took longer than {timeout:g} s.") from None
     except RFBError as exc:
         failure = VNC_AUTH_FAILED if exc.kind == "auth_failed" else VNC_HANDSHAKE_FAILED
-        raise BrokerError(failure, f"{failure.summary.rstrip('.')} ({name}: {exc.message}).") from None
+        raise BrokerError(failure, f"{failure.summary.rstrip('.')} ({name!r}: {exc.message}).") from None
 
 
 async def _both_sides(websocket: WebSocket, stream: Stream) -> None:

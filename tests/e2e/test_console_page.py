@@ -56,6 +56,9 @@ def test_link_opens_the_vm_screen_under_a_sub_path(stack, console_vm: libvirt.vi
     assert "token=" not in page.url, "the token stayed in the address bar"
     assert page.url.startswith(f"{nginx.url}/novnc/console/{console_vm.UUIDString()}/")
     assert page.inner_text("#domain-name") == console_vm.name()
+    # A name with bidi overrides cannot reorder what stands around it.
+    assert page.eval_on_selector("#domain-name", "e => getComputedStyle(e).unicodeBidi") == "isolate"
+    assert page.title() == f"\u2068{console_vm.name()}\u2069 – Console"
     page.wait_for_function(
         "() => { const c = document.querySelector('#screen canvas'); return c && c.width > 0; }", timeout=15_000
     )

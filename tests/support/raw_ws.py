@@ -26,7 +26,10 @@ class RawWebSocket:
         )
         answer = b""
         while b"\r\n\r\n" not in answer:
-            answer += self.sock.recv(1)  # byte by byte: nothing after the head is consumed
+            byte = self.sock.recv(1)  # byte by byte: nothing after the head is consumed
+            if not byte:
+                raise ConnectionError(f"closed before a whole answer: {answer!r}")
+            answer += byte
         assert answer.startswith(b"HTTP/1.1 101"), answer
         self.buffer = b""
         self.payload = b""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.logs import RedactSecrets, logging_config, redact
+from broker.logs import RedactSecrets, logging_config, printable, redact
 
 TOKEN = "Zq3_x-9kLmN0pQrStUvWxYz0123456789abcdefGHIJ"
 ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d'
@@ -154,3 +154,26 @@ def test_logging_config_level() -> None:
     config = logging_config("warning")
     assert {config["loggers"][name]["level"] for name in CONFIGURED} == {"WARNING"}
     assert config["handlers"]["stderr"]["filters"] == ["quiet", "redact"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("vm\r\tname", "vm\\x0d\\x09name"),
+        ("\x1b[2Jwiped", "\\x1b[2Jwiped"),
+        ("csi\x9b31m", "csi\\x9b31m"),
+        ("evil\u202etxt.exe", "evil\\u202etxt.exe"),
+        ("isolate\u2066x\u2069", "isolate\\u2066x\\u2069"),
+        ("zero\u200bwidth", "zero\\u200bwidth"),
+        ("plain é ü 日本 name", "plain é ü 日本 name"),
+    ],
+)
+def test_printable_escapes_controls_and_bidi(text: str, expected: str) -> None:
+    assert printable(text) == expected
+
+
+def test_logging_config_escapes_client_supplied_text(captured_logs: io.StringIO) -> None:
+    logging.getLogger("broker.app").info("refused from %s", "http://a\r\n2026-01-01 INFO fake line\u202e")
+    line = captured_logs.getvalue()
+    assert line.count("\n") == 1 and "\u202e" not in line
+    assert "\\x0d\\x0a2026-01-01 INFO fake line\\u202e" in line

@@ -106,7 +106,8 @@ async function start() {
     }
     ui.name.textContent = body.domain.name;
     ui.name.title = `UUID ${body.domain.uuid}; session valid until ${new Date(body.expires_at).toLocaleString()}`;
-    document.title = `${body.domain.name} – Console`;
+    // First-strong isolate: a name holding bidi overrides cannot reorder the rest of the title.
+    document.title = `\u2068${body.domain.name}\u2069 – Console`;
     connect();
 }
 
