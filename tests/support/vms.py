@@ -17,7 +17,12 @@ PREFIX = os.environ.get("BROKER_TEST_DOMAIN_PREFIX") or BASE_PREFIX
 
 
 def domain_name(name: str) -> str:
-    """The name a test's domain gets in libvirt under this run's prefix."""
+    """The name a test's domain gets in libvirt under this run's prefix.
+
+    Idempotent: callers pass libvirt's own names back (remove(conn, dom.name())), and a
+    name mapped twice (broker-test-x- + x-vm) would never be found, so never removed."""
+    if name.startswith(PREFIX):
+        return name
     return PREFIX + name[len(BASE_PREFIX):] if name.startswith(BASE_PREFIX) else name
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
