@@ -30,6 +30,8 @@ class Settings:
     uds_mode: int = 0o660
     uds_group: str | None = None
     connect: str = "qemu:///system"
+    # The deadline of every libvirt call made for a request (a hung libvirtd must not hang us).
+    libvirt_timeout: float = 5.0
     state_dir: Path = DEFAULT_STATE_DIR
     public_url: str | None = None
     api_keys: tuple[str, ...] = ()
@@ -120,6 +122,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             uds_mode=_mode(raw.get("uds_mode", s.uds_mode)),
             uds_group=str(raw["uds_group"]) if raw.get("uds_group") else None,
             connect=str(raw.get("connect", s.connect)),
+            libvirt_timeout=_positive("libvirt_timeout", raw.get("libvirt_timeout", s.libvirt_timeout)),
             state_dir=Path(str(raw.get("state_dir", s.state_dir))),
             public_url=str(raw["public_url"]).rstrip("/") if raw.get("public_url") else None,
             api_keys=_keys(raw.get("api_keys", ())),

@@ -4,17 +4,21 @@ Finds domains, reads their VNC graphics from the live XML and opens a stream to
 one. The relay never sees anything from here but an open BackendConnection.
 
 libvirt-python's calls block, so they run on one dedicated worker thread: the
-asyncio loop never waits on libvirtd, and libvirt sees calls one at a time.
+asyncio loop never waits on libvirtd, and libvirt sees calls one at a time. Each
+call has a deadline; a worker stuck past it is left behind and replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import queue
 import socket
 import threading
 import uuid as uuidlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
@@ -53,6 +57,12 @@ log = logging.getLogger("broker.consoles")
 
 # Lifecycle events that mean "this run of the domain is over".
 _ENDED = {libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED, libvirt.VIR_DOMAIN_EVENT_CRASHED}
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "I/O error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed it",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout: libvirtd stopped answering",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by us",
+}
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
 
@@ -126,15 +136,30 @@ class Stream:
     password: str | None = field(default=None, repr=False)
 
 
-class LibvirtConsoles:
-    """Console source backed by one libvirt connection, reopened when it drops."""
+# A call into a hung libvirtd cannot be cancelled: its worker thread is left behind. At most
+# this many such threads may be stuck at once; past that, calls fail at once (libvirt_unavailable)
+# until one of them returns, instead of piling up a thread per request.
+MAX_STUCK_WORKERS = 4
+# libvirt's own keepalive closes a connection after this many unanswered pings, one every
+# ceil(timeout) seconds: a call stuck on it then returns with an error and its thread exits.
+KEEPALIVE_COUNT = 2
 
-    def __init__(self, uri: str, connect_timeout: float = 5.0) -> None:
+
+class LibvirtConsoles:
+    """Console source backed by one libvirt connection, reopened when it drops.
+
+    Every call has a deadline (`timeout`); one that misses it is answered with
+    LIBVIRT_UNAVAILABLE and the worker thread and connection it is stuck on are given up,
+    so a hung libvirtd delays no request by more than the deadline.
+    """
+
+    def __init__(self, uri: str, connect_timeout: float = 5.0, timeout: float = 5.0) -> None:
         self.uri = uri
         self.connect_timeout = connect_timeout
-        self._conn: libvirt.virConnect | None = None
-        self._callback_id = -1
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
+        self.timeout = timeout
+        self._worker: _Worker | None = None
+        self._stuck: list[_Worker] = []
+        self._workers_started = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_ended: list[Callable[[str], None]] = []
         start_libvirt_event_loop()
@@ -154,57 +179,61 @@ class LibvirtConsoles:
                     return
 
     def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
-        log.warning("lost the connection to libvirt at %s (reason %d); reconnecting on next use", self.uri, reason)
+        why = _CLOSE_REASONS.get(reason, f"reason {reason}")
+        log.warning("lost the connection to libvirt at %s (%s); reconnecting on next use", self.uri, why)
 
     # -- running blocking libvirt calls -------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, discard: Callable[[T], Any] | None = None) -> T:
+        """Run fn(conn, *args) on the worker thread, within the deadline.
+
+        On a timeout the worker is given up (see _give_up); `discard` then receives the
+        result if the call ever returns one, so that nothing it holds (a file descriptor)
+        leaks.
+        """
         self._loop = asyncio.get_running_loop()
-        return await self._loop.run_in_executor(self._executor, fn, *args)
-
-    def _connection(self) -> libvirt.virConnect:
-        conn = self._conn
-        if conn is not None:
-            try:
-                if conn.isAlive():
-                    return conn
-            except libvirt.libvirtError:
-                pass
-            self._drop()
+        worker = self._current_worker()
+        future = worker.submit(fn, *args)
         try:
-            conn = libvirt.open(self.uri)
-            self._callback_id = conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except asyncio.TimeoutError:
+            self._give_up(worker)
+            if discard is not None:
+                future.add_done_callback(lambda done: _discard_result(done, discard))
+            raise BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt did not answer within {self.timeout:g} s.") from None
+
+    def _current_worker(self) -> _Worker:
+        """The live worker, or a fresh one (with a fresh connection) after one was given up."""
+        if self._worker is not None:
+            return self._worker
+        self._stuck = [w for w in self._stuck if w.thread.is_alive()]
+        if len(self._stuck) >= MAX_STUCK_WORKERS:
+            raise BrokerError(
+                LIBVIRT_UNAVAILABLE,
+                f"libvirt has not answered {len(self._stuck)} calls; no new call is made until one of them returns.",
             )
-            conn.registerCloseCallback(self._closed, None)
-        except libvirt.libvirtError as exc:
-            raise BrokerError(LIBVIRT_UNAVAILABLE, f"Cannot connect to libvirt at {self.uri}: {_text(exc)}") from None
-        self._conn = conn
-        return conn
+        self._workers_started += 1
+        self._worker = _Worker(self, self._workers_started)
+        return self._worker
 
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            # Deregister first: a closed but still referenced connection keeps delivering events.
-            for undo in (lambda: conn.domainEventDeregisterAny(self._callback_id), conn.unregisterCloseCallback, conn.close):
-                try:
-                    undo()
-                except libvirt.libvirtError:
-                    pass
+    def _give_up(self, worker: _Worker) -> None:
+        """A call on `worker` missed its deadline: leave that thread and its connection behind.
 
-    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(conn, *args); a broken connection becomes LIBVIRT_UNAVAILABLE and is reopened next time."""
-        conn = self._connection()
-        try:
-            return fn(conn, *args)
-        except libvirt.libvirtError as exc:
-            if not _alive(conn):
-                self._drop()
-                raise BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt stopped answering: {_text(exc)}") from None
-            raise BrokerError(LIBVIRT_ERROR, f"libvirt refused the request: {_text(exc)}") from None
+        The stuck call returns when libvirtd answers again or when libvirt's keepalive
+        closes the connection; the thread then closes the connection and exits.
+        """
+        if worker is not self._worker:
+            return  # already given up by an earlier timeout
+        self._worker = None
+        self._stuck.append(worker)
+        worker.abandon(BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt did not answer within {self.timeout:g} s."))
+        log.warning(
+            "libvirt at %s did not answer within %g s; giving up on that connection (%d call(s) stuck)",
+            self.uri, self.timeout, len(self._stuck),
+        )
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._call(self._guarded, fn, *args)
+    async def run(self, fn: Callable[..., T], *args: Any, discard: Callable[[T], Any] | None = None) -> T:
+        return await self._call(fn, *args, discard=discard)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -237,8 +266,10 @@ class LibvirtConsoles:
         assert endpoint is not None
         if isinstance(endpoint, FdEndpoint):
             try:
-                fd = await self.run(_open_graphics_fd, ref.uuid, endpoint)
+                fd = await self.run(_open_graphics_fd, ref.uuid, endpoint, discard=os.close)
             except BrokerError as exc:
+                if exc.failure is LIBVIRT_UNAVAILABLE:
+                    raise
                 raise BrokerError(
                     CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {info.name!r} ({endpoint}): {exc.message}"
                 ) from None
@@ -261,8 +292,120 @@ class LibvirtConsoles:
         return info.active and info.run_id == run_id
 
     def close(self) -> None:
-        self._executor.submit(self._drop)
-        self._executor.shutdown(wait=True)
+        """Close the connection on the way out, waiting for a hung libvirtd no longer than the deadline."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()
+            worker.thread.join(self.timeout)
+
+
+class _Worker:
+    """One thread owning one libvirt connection; runs calls on it one at a time, in order.
+
+    A daemon thread, so that one stuck in a hung libvirtd never holds up the process's exit.
+    """
+
+    def __init__(self, owner: LibvirtConsoles, number: int) -> None:
+        self.owner = owner
+        self.conn: libvirt.virConnect | None = None
+        self._callback_id = -1
+        self._abandoned: BrokerError | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name=f"libvirt-{number}", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._jobs.put((fn, args, future))
+        return future
+
+    def stop(self) -> None:
+        """Finish what is queued, close the connection, exit."""
+        self._jobs.put(None)
+
+    def abandon(self, error: BrokerError) -> None:
+        """Fail every call still queued here with `error` (at once: their callers need not wait
+        out their own deadlines) and exit once the stuck call returns."""
+        self._abandoned = error
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                _fail(job[2], error)
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                fn, args, future = job
+                if self._abandoned is not None:  # raced abandon() for this job
+                    _fail(future, self._abandoned)
+                elif future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(self._guarded(fn, *args))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+        finally:
+            self._drop()
+
+    def _connection(self) -> libvirt.virConnect:
+        conn = self.conn
+        if conn is not None:
+            if _alive(conn):
+                return conn
+            self._drop()
+        owner = self.owner
+        try:
+            conn = libvirt.open(owner.uri)
+            self._callback_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, owner._lifecycle, None
+            )
+            conn.registerCloseCallback(owner._closed, None)
+        except libvirt.libvirtError as exc:
+            raise BrokerError(LIBVIRT_UNAVAILABLE, f"Cannot connect to libvirt at {owner.uri}: {_text(exc)}") from None
+        try:
+            # Needs libvirt's event loop (running): closes the connection when libvirtd stops answering.
+            conn.setKeepAlive(max(1, math.ceil(owner.timeout)), KEEPALIVE_COUNT)
+        except libvirt.libvirtError:
+            pass  # drivers without a daemon (test:///) have no keepalive
+        self.conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            # Deregister first: a closed but still referenced connection keeps delivering events.
+            for undo in (lambda: conn.domainEventDeregisterAny(self._callback_id), conn.unregisterCloseCallback, conn.close):
+                try:
+                    undo()
+                except libvirt.libvirtError:
+                    pass
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args); a broken connection becomes LIBVIRT_UNAVAILABLE and is reopened next time."""
+        conn = self._connection()
+        try:
+            return fn(conn, *args)
+        except libvirt.libvirtError as exc:
+            if not _alive(conn):
+                self._drop()
+                raise BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt stopped answering: {_text(exc)}") from None
+            raise BrokerError(LIBVIRT_ERROR, f"libvirt refused the request: {_text(exc)}") from None
+
+
+def _fail(future: Future[Any], error: BrokerError) -> None:
+    try:
+        future.set_exception(error)
+    except InvalidStateError:  # cancelled by its caller meanwhile
+        pass
+
+
+def _discard_result(done: Future[T], discard: Callable[[T], Any]) -> None:
+    """Release what a call returned after its caller had given up on it."""
+    if not done.cancelled() and done.exception() is None:
+        discard(done.result())
 
 
 async def connect_endpoint(name: str, endpoint: TcpEndpoint | UnixEndpoint, timeout: float) -> BackendConnection:

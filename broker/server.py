@@ -145,7 +145,7 @@ def serve(settings: Settings) -> None:
     keys = ensure_api_keys(settings)
     raise_open_files_limit(settings.limits.max_sessions)
     targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
-    consoles = CombinedConsoles(StaticConsoles(targets), LibvirtConsoles(settings.connect))
+    consoles = CombinedConsoles(StaticConsoles(targets), LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout))
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
     sessions = ConsoleSessions(MemoryTokenStore(), window=settings.session_window)
     broker = Broker(

@@ -1,0 +1,151 @@
+"""Every libvirt call has a deadline, and a call stuck past it wedges nothing (review item 8).
+
+A call that never returns is simulated by a function run on the libvirt worker that
+waits on an Event: exactly what a blocking call into a hung libvirtd looks like to us.
+The real thing (libvirtd behind a paused forwarder) is tests/integration/test_libvirt_hang.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+from broker import consoles as consoles_module
+from broker.config import ConfigError, load_settings
+from broker.consoles import LibvirtConsoles
+from broker.errors import LIBVIRT_UNAVAILABLE, BrokerError
+from unit_support import TEST_URI, mute
+
+DEADLINE = 0.3
+
+
+def stuck_until(release: threading.Event, result: object = None):
+    def call(_conn: object) -> object:
+        release.wait(10)
+        return result
+
+    return call
+
+
+async def unavailable(consoles: LibvirtConsoles, fn) -> tuple[BrokerError, float]:
+    started = time.monotonic()
+    with pytest.raises(BrokerError) as caught:
+        await consoles.run(fn)
+    return caught.value, time.monotonic() - started
+
+
+def test_a_stuck_call_is_libvirt_unavailable_at_the_deadline_and_the_next_call_works() -> None:
+    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
+    release = threading.Event()
+
+    async def scenario() -> None:
+        error, elapsed = await unavailable(consoles, stuck_until(release))
+        assert error.failure is LIBVIRT_UNAVAILABLE and "did not answer within 0.3 s" in error.message
+        assert elapsed < DEADLINE + 0.5
+        # A fresh worker and connection answer at once, while the old call is still stuck.
+        ok, detail = await consoles.healthy()
+        assert ok, detail
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        mute(consoles)
+        consoles.close()
+
+
+def test_calls_queued_behind_a_stuck_one_fail_with_it_not_each_at_its_own_deadline() -> None:
+    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
+    release = threading.Event()
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            consoles.run(stuck_until(release)),
+            *(consoles.run(lambda conn: conn.getLibVersion()) for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, BrokerError) and r.failure is LIBVIRT_UNAVAILABLE for r in results), results
+        assert time.monotonic() - started < DEADLINE + 0.5
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        mute(consoles)
+        consoles.close()
+
+
+def test_stuck_threads_are_bounded_and_calls_resume_when_one_returns() -> None:
+    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
+    releases = [threading.Event() for _ in range(consoles_module.MAX_STUCK_WORKERS)]
+
+    async def scenario() -> None:
+        for release in releases:
+            await unavailable(consoles, stuck_until(release))
+        before = threading.active_count()
+        # Past the bound: refused at once, and no thread is started for it.
+        error, elapsed = await unavailable(consoles, lambda conn: conn.getLibVersion())
+        assert error.failure is LIBVIRT_UNAVAILABLE and "has not answered 4 calls" in error.message
+        assert elapsed < 0.1
+        assert threading.active_count() == before
+        releases[0].set()  # libvirtd answers one of them: its thread exits, a new one may start
+        deadline = time.monotonic() + 5
+        while not (await consoles.healthy())[0]:
+            assert time.monotonic() < deadline, "calls never resumed after a stuck one returned"
+            await asyncio.sleep(0.05)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for release in releases:
+            release.set()
+        mute(consoles)
+        consoles.close()
+
+
+def test_a_file_descriptor_returned_after_the_deadline_is_closed() -> None:
+    """openGraphicsFD answering late must not leak the descriptor nobody waits for any more."""
+    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
+    release = threading.Event()
+    read_end, write_end = os.pipe()
+    returned = threading.Event()
+
+    def late_fd(_conn: object) -> int:
+        release.wait(10)
+        returned.set()
+        return write_end
+
+    async def scenario() -> None:
+        with pytest.raises(BrokerError):
+            await consoles.run(late_fd, discard=os.close)
+
+    try:
+        asyncio.run(scenario())
+        release.set()
+        assert returned.wait(5)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.fstat(write_end)
+            except OSError:
+                break  # closed by the discard callback
+            assert time.monotonic() < deadline, "the late descriptor was never closed"
+            time.sleep(0.01)
+    finally:
+        release.set()
+        os.close(read_end)
+        mute(consoles)
+        consoles.close()
+
+
+def test_libvirt_timeout_setting() -> None:
+    assert load_settings(environ={}).libvirt_timeout == 5.0
+    assert load_settings(environ={"BROKER_LIBVIRT_TIMEOUT": "2.5"}).libvirt_timeout == 2.5
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigError, match="libvirt_timeout"):
+            load_settings(environ={"BROKER_LIBVIRT_TIMEOUT": bad})
