@@ -29,6 +29,7 @@ from .errors import (
     CONSOLE_UNREACHABLE,
     DOMAIN_NOT_FOUND,
     DOMAIN_NOT_RUNNING,
+    INVALID_INPUT,
     LIBVIRT_ERROR,
     LIBVIRT_UNAVAILABLE,
     NO_CONSOLE,
@@ -249,8 +250,8 @@ class LibvirtConsoles:
         return await self.run(_list_domains)
 
     async def find(self, ident: str) -> DomainInfo:
-        """A domain by UUID or name."""
-        return await self.run(_find, ident)
+        """A domain by UUID or name (see Identifier.parse for which is which)."""
+        return await self.run(_find, Identifier.parse(ident))
 
     async def open(self, ref: ConsoleRef) -> tuple[DomainInfo, Stream]:
         """Resolve the console from libvirt *now* and connect to it.
@@ -260,7 +261,7 @@ class LibvirtConsoles:
         UUID says, then check the same run of the domain still holds it.
         """
         # The secure XML: it holds the VNC password, which only this path may read.
-        info = await self.run(_find, ref.uuid, True)
+        info = await self.run(_find, Identifier(ref.uuid, by_uuid=True), True)
         console = info.console(ref.index)
         endpoint = console.endpoint
         assert endpoint is not None
@@ -286,7 +287,7 @@ class LibvirtConsoles:
     async def still_running(self, uuid: str, run_id: int) -> bool:
         """Is this same run of the domain still active? False also when it vanished."""
         try:
-            info = await self.find(uuid)
+            info = await self.run(_find, Identifier(uuid, by_uuid=True, explicit=True))
         except BrokerError as exc:
             return exc.failure is not DOMAIN_NOT_FOUND and exc.failure is not DOMAIN_NOT_RUNNING
         return info.active and info.run_id == run_id
@@ -455,17 +456,33 @@ def _list_domains(conn: libvirt.virConnect) -> list[DomainInfo]:
     return sorted(found, key=lambda d: d.name)
 
 
-def _find(conn: libvirt.virConnect, ident: str, secure: bool = False) -> DomainInfo:
+def _find(conn: libvirt.virConnect, ident: Identifier, secure: bool = False) -> DomainInfo:
     try:
-        if _is_uuid(ident):
-            dom = conn.lookupByUUIDString(ident)
+        if ident.by_uuid:
+            dom = conn.lookupByUUIDString(ident.value)
         else:
-            dom = conn.lookupByName(ident)
+            dom = conn.lookupByName(ident.value)
         return _describe(dom, secure)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            raise BrokerError(DOMAIN_NOT_FOUND, f"No domain named or with UUID {ident!r}.") from None
+            raise BrokerError(DOMAIN_NOT_FOUND, _not_found(conn, ident)) from None
         raise
+
+
+def _not_found(conn: libvirt.virConnect, ident: Identifier) -> str:
+    """Why nothing matched, and the way to reach a domain *named* like the UUID asked for."""
+    if not ident.by_uuid:
+        return f"No domain named {ident.value!r}."
+    if ident.explicit:
+        return f"No domain with UUID {ident.value}."
+    try:
+        conn.lookupByName(ident.value)
+    except libvirt.libvirtError:
+        return f"No domain with UUID {ident.value}."
+    return (
+        f"No domain with UUID {ident.value}. A domain is named {ident.value!r}: a UUID-shaped identifier "
+        f"always means a UUID, so ask for 'name:{ident.value}'."
+    )
 
 
 def _open_graphics_fd(conn: libvirt.virConnect, uuid: str, endpoint: FdEndpoint) -> int:
@@ -479,6 +496,59 @@ def _is_uuid(text: str) -> bool:
     except ValueError:
         return False
     return len(text) == 36
+
+
+# No libvirt domain name comes close; keeps absurd strings away from libvirt and the logs.
+MAX_IDENTIFIER_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """A domain as a caller named it: by UUID or by name, never "either"."""
+
+    value: str
+    by_uuid: bool
+    explicit: bool = False  # written as uuid:… or name:…
+
+    @classmethod
+    def parse(cls, text: str) -> Identifier:
+        """`uuid:U`, `name:N`, or bare. A bare UUID-shaped identifier (8-4-4-4-12 hex digits)
+        always means a UUID, even when some domain is *named* like it: a UUID stays
+        unambiguous whatever names other domains get. Anything else bare is a name.
+        Identifiers that no domain can have are INVALID_INPUT, before libvirt sees them."""
+        _check_identifier(text)
+        prefix, colon, rest = text.partition(":")
+        if colon and prefix == "uuid":
+            if not _is_uuid(rest):
+                raise BrokerError(INVALID_INPUT, f"{_shown(rest)} after 'uuid:' is not a UUID like 6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11.")
+            return cls(str(uuidlib.UUID(rest)), by_uuid=True, explicit=True)
+        if colon and prefix == "name":
+            _check_identifier(rest)
+            return cls(rest, by_uuid=False, explicit=True)
+        if _is_uuid(text):
+            return cls(str(uuidlib.UUID(text)), by_uuid=True)
+        return cls(text, by_uuid=False)
+
+
+def _check_identifier(text: str) -> None:
+    """Refuse what cannot be a domain's name or UUID: empty, too long, control characters
+    (NUL among them: libvirt's C strings end there), text that is not valid Unicode."""
+    if not text:
+        raise BrokerError(INVALID_INPUT, "The domain identifier is empty.")
+    if len(text) > MAX_IDENTIFIER_LENGTH:
+        raise BrokerError(INVALID_INPUT, f"The domain identifier is longer than {MAX_IDENTIFIER_LENGTH} characters.")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise BrokerError(INVALID_INPUT, f"The domain identifier {_shown(text)} contains control characters.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BrokerError(INVALID_INPUT, "The domain identifier is not valid UTF-8.") from None
+
+
+def _shown(text: str) -> str:
+    """An identifier quoted for a message: escaped, and cut short."""
+    quoted = ascii(text)
+    return quoted if len(quoted) <= 80 else quoted[:77] + "..."
 
 
 def _alive(conn: libvirt.virConnect) -> bool:

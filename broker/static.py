@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from typing import Callable, Mapping
 
-from .consoles import DomainInfo, LibvirtConsoles, Stream, connect_endpoint
+from .consoles import DomainInfo, Identifier, LibvirtConsoles, Stream, connect_endpoint
 from .graphics import TcpEndpoint, UnixEndpoint, VncConsole
 from .tokens import ConsoleRef
 
@@ -34,8 +34,10 @@ class StaticConsoles:
         }
         self.by_name = {info.name: info for info in self.by_uuid.values()}
 
-    def get(self, ident: str) -> DomainInfo | None:
-        return self.by_name.get(ident) or self.by_uuid.get(ident)
+    def get(self, ident: Identifier) -> DomainInfo | None:
+        """By UUID or by name as the identifier says: a console named like another's UUID
+        is reached only as name:…, never instead of that UUID (as for domains)."""
+        return self.by_uuid.get(ident.value) if ident.by_uuid else self.by_name.get(ident.value)
 
 
 class CombinedConsoles:
@@ -56,7 +58,8 @@ class CombinedConsoles:
         return sorted([*self.static.by_uuid.values(), *found], key=lambda d: d.name)
 
     async def find(self, ident: str) -> DomainInfo:
-        return self.static.get(ident) or await self.libvirt.find(ident)
+        """A static console or a domain; a malformed identifier is INVALID_INPUT before either is asked."""
+        return self.static.get(Identifier.parse(ident)) or await self.libvirt.find(ident)
 
     async def open(self, ref: ConsoleRef) -> tuple[DomainInfo, Stream]:
         info = self.static.by_uuid.get(ref.uuid)
