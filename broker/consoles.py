@@ -202,6 +202,10 @@ class LibvirtConsoles:
             if discard is not None:
                 future.add_done_callback(lambda done: _discard_result(done, discard))
             raise BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt did not answer within {self.timeout:g} s.") from None
+        except asyncio.CancelledError:  # our caller went away (shutdown): same, without giving up the worker
+            if discard is not None:
+                future.add_done_callback(lambda done: _discard_result(done, discard))
+            raise
 
     def _current_worker(self) -> _Worker:
         """The live worker, or a fresh one (with a fresh connection) after one was given up."""

@@ -149,3 +149,37 @@ def test_libvirt_timeout_setting() -> None:
     for bad in ("0", "-1", "soon", "inf"):
         with pytest.raises(ConfigError, match="libvirt_timeout"):
             load_settings(environ={"BROKER_LIBVIRT_TIMEOUT": bad})
+
+
+def test_a_file_descriptor_returned_after_its_caller_was_cancelled_is_closed() -> None:
+    consoles = LibvirtConsoles(TEST_URI, timeout=5.0)
+    release = threading.Event()
+    read_end, write_end = os.pipe()
+
+    def late_fd(_conn: object) -> int:
+        release.wait(10)
+        return write_end
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(consoles.run(late_fd, discard=os.close))
+        await asyncio.sleep(0.2)  # running on the worker now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(scenario())
+        release.set()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.fstat(write_end)
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "the descriptor of a cancelled call was never closed"
+            time.sleep(0.01)
+    finally:
+        release.set()
+        os.close(read_end)
+        mute(consoles)
+        consoles.close()
