@@ -1,6 +1,7 @@
 """Domain identifiers: what is a UUID, what is a name, what is refused (review items 5 and 9).
 
-The same rules on a real broker and libvirtd: tests/integration/test_identifiers.py.
+The same rules on a real broker and libvirtd: tests/integration/test_identifiers.py
+(this file has another name: pytest cannot collect two modules both called test_identifiers).
 """
 
 from __future__ import annotations
