@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import logging.config
 import os
 import resource
-import secrets
-import shutil
 import socket
-import stat
 from pathlib import Path
 
 import uvicorn
@@ -23,6 +19,15 @@ from .limits import QuietLateResponses, guarded_http_protocol
 from .logs import logging_config
 from .proxy import ForwardedHeaders, TrustedProxies
 from .sessions import ConsoleSessions
+from .state import (
+    StateError,
+    bind_unix_socket,
+    load_or_create_api_key,
+    prepare_state_dir,
+    remove_server_file,
+    same_file,
+    write_server_file,
+)
 from .splice import SplicingWebSocketProtocol
 from .graphics import parse_target
 from .static import CombinedConsoles, StaticConsoles
@@ -32,22 +37,21 @@ log = logging.getLogger("broker.server")
 
 
 def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
-    """Configured keys, else the host's own key file, created (0600) on first start."""
+    """Configured keys, else the host's own key file, created (0600) on first start.
+
+    The state dir and key file are checked first (broker/state.py): one that others may
+    write, or a key they may read, stops the broker rather than being used.
+    """
     if settings.api_keys:
         return settings.api_keys
-    path = settings.api_key_file
-    settings.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text().strip()
-        if len(key) < 16:
-            raise SystemExit(f"broker: {path} holds no usable API key; delete it to get a new one") from None
-        return (key,)
-    key = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    log.info("created an API key in %s (mode 0600)", path)
+        prepare_state_dir(settings.state_dir)
+        existed = settings.api_key_file.exists()
+        key = load_or_create_api_key(settings.state_dir)
+    except StateError as exc:
+        raise SystemExit(f"broker: {exc}") from None
+    if not existed:
+        log.info("created an API key in %s (mode 0600)", settings.api_key_file)
     return (key,)
 
 
@@ -75,23 +79,14 @@ def raise_open_files_limit(max_sessions: int) -> None:
 
 
 def bind_socket(settings: Settings) -> tuple[socket.socket, dict[str, str]]:
-    """Bind the listening socket ourselves, so a UNIX socket gets its mode before anyone can connect."""
+    """Bind the listening socket ourselves, so a UNIX socket has its mode and group before
+    anyone can connect (and before it even appears at its path: state.bind_unix_socket)."""
     if settings.uds:
-        path = Path(settings.uds)
-        _remove_stale_socket(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
         try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        if settings.uds_group:
-            try:
-                shutil.chown(path, group=settings.uds_group)
-            except (LookupError, PermissionError) as exc:
-                raise SystemExit(f"broker: cannot give {path} to group {settings.uds_group!r}: {exc}") from None
-        os.chmod(path, settings.uds_mode)
-        where = {"uds": str(path)}
+            sock = bind_unix_socket(Path(settings.uds), settings.uds_mode, settings.uds_group)
+        except StateError as exc:
+            raise SystemExit(f"broker: {exc}") from None
+        where = {"uds": settings.uds}
     else:
         host, port = settings.host_port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -104,22 +99,6 @@ def bind_socket(settings: Settings) -> tuple[socket.socket, dict[str, str]]:
     sock.listen(1024)
     sock.setblocking(False)
     return sock, where
-
-
-def _remove_stale_socket(path: Path) -> None:
-    if not path.exists():
-        return
-    if not stat.S_ISSOCK(path.stat().st_mode):
-        raise SystemExit(f"broker: {path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody listens: left over from an earlier run
-    else:
-        raise SystemExit(f"broker: another server already listens on {path}")
-    finally:
-        probe.close()
 
 
 class BrokerServer(uvicorn.Server):
@@ -142,6 +121,10 @@ class BrokerServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings.log_level))
+    try:
+        prepare_state_dir(settings.state_dir)  # even with configured keys: server.json lives there
+    except StateError as exc:
+        raise SystemExit(f"broker: {exc}") from None
     keys = ensure_api_keys(settings)
     raise_open_files_limit(settings.limits.max_sessions)
     targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
@@ -159,6 +142,7 @@ def serve(settings: Settings) -> None:
     )
     app = QuietLateResponses(ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies)))
     sock, where = bind_socket(settings)
+    uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
     config = uvicorn.Config(
         app,
         loop="uvloop",  # libuv's loop: markedly less CPU per relayed message (docs/benchmarks.md)
@@ -174,29 +158,14 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=3,
     )
     server = BrokerServer(config, broker)
-    server_file = _write_server_file(settings, where)
+    server_file = write_server_file(settings.state_dir, {**where, "pid": os.getpid()})
     log.info("broker listening on %s, libvirt %s", where.get("url") or where.get("uds"), settings.connect)
     try:
         server.run(sockets=[sock])
     finally:
         consoles.close()
-        _remove_server_file(server_file)
-        if settings.uds:
+        remove_server_file(server_file, os.getpid())
+        if settings.uds and uds_file and same_file(Path(settings.uds), uds_file):
             Path(settings.uds).unlink(missing_ok=True)
 
 
-def _write_server_file(settings: Settings, where: dict[str, str]) -> Path:
-    path = settings.server_file
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**where, "pid": os.getpid()}) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def _remove_server_file(path: Path) -> None:
-    try:
-        if json.loads(path.read_text()).get("pid") == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
-        pass

@@ -42,12 +42,14 @@ def test_reuses_the_existing_key_file(settings: Settings) -> None:
 def test_reuses_a_key_file_written_by_hand(settings: Settings) -> None:
     settings.state_dir.mkdir()
     settings.api_key_file.write_text("  my-own-key-0123456789  \n")
+    settings.api_key_file.chmod(0o600)  # a key others may read is refused (test_state.py)
     assert ensure_api_keys(settings) == ("my-own-key-0123456789",)
 
 
 def test_refuses_a_key_file_without_a_usable_key(settings: Settings) -> None:
     settings.state_dir.mkdir()
     settings.api_key_file.write_text("short\n")
+    settings.api_key_file.chmod(0o600)
     with pytest.raises(SystemExit, match="no usable API key"):
         ensure_api_keys(settings)
 
