@@ -1,26 +1,26 @@
 """`broker`: run the server, or ask a running one for tokens and domains.
 
 Thin by design: every command but `serve` is one REST call, printed as text or --json.
-On the same host it finds the server (state_dir/server.json) and the API key
-(state_dir/api-key) by itself.
+On the same host it finds the broker by itself, through state_dir/server.json and the
+broker's private socket state_dir/cli.sock, and uses the key in state_dir/api-key over
+that socket only (broker/state.py says why). Elsewhere: --server URL and BROKER_API_KEY.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-
 from . import __version__
 from .config import ConfigError, Settings, load_settings
-
-DEFAULT_SERVER = "http://127.0.0.1:6080"
+from .state import NotRunning, StateError, cli_socket_path, connect_cli_socket, read_api_key
 
 
 class CliError(Exception):
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     args = _parser().parse_args(argv)
     try:
         status = args.run(args)
-    except (CliError, ConfigError) as exc:
+    except (CliError, ConfigError, StateError) as exc:
         print(f"broker: {exc}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:
@@ -100,9 +100,12 @@ def _token(args: argparse.Namespace) -> int:
     result = _call(args, "POST", f"/api/v1/domains/{quote(args.domain, safe='')}/console", body)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        print(result["console_url"])
-        print(f"(for {result['domain']['name']}, single use, valid until {result['expires_at']})", file=sys.stderr)
+        return 0
+    with _answer_shape():
+        fields = (result["console_url"], result["domain"]["name"], result["expires_at"])
+        url, name, expires = (str(value) for value in fields)
+    print(url)
+    print(f"(for {name}, single use, valid until {expires})", file=sys.stderr)
     return 0
 
 
@@ -112,24 +115,102 @@ def _domains(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     rows = [("NAME", "STATE", "CONSOLE")]
-    for domain in result["domains"]:
-        console = domain.get("console_unavailable") or ", ".join(
-            c["endpoint"] for c in domain["consoles"] if "endpoint" in c
-        )
-        rows.append((domain["name"], domain["state"], console))
+    with _answer_shape():
+        for domain in result["domains"]:
+            console = domain.get("console_unavailable") or ", ".join(
+                str(c["endpoint"]) for c in domain["consoles"] if "endpoint" in c
+            )
+            name, state = str(domain["name"]), str(domain["state"])
+            rows.append((name, state, str(console)))
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for name, state, console in rows:
         print(f"{name:<{widths[0]}}  {state:<{widths[1]}}  {console}")
     return 0
 
 
+@contextlib.contextmanager
+def _answer_shape() -> Iterator[None]:
+    """An answer that is JSON but not what a broker sends is one line, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError):
+        raise CliError("the broker's answer was not understood (is that a broker?)") from None
+
+
 # -- talking to the server ---------------------------------------------------------------
+
+TIMEOUT = 15.0
+NOT_RUNNING_HINT = (
+    "start `broker serve`, or point at a broker elsewhere with --server URL and BROKER_API_KEY"
+)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One REST call. Without --server/BROKER_SERVER: only over the local broker's CLI socket
+    (checked by state.connect_cli_socket before any key is sent), never a guessed URL. With
+    one: only with a key from BROKER_API_KEY or the config, never the state dir's key file."""
     settings = load_settings(args.config)
-    server = args.server or os.environ.get("BROKER_SERVER") or _local_server(settings)
-    key = os.environ.get("BROKER_API_KEY") or _local_key(settings)
+    server = args.server or os.environ.get("BROKER_SERVER")
+    if server:
+        key = os.environ.get("BROKER_API_KEY") or (settings.api_keys[0] if settings.api_keys else None)
+        if not key:
+            raise CliError(
+                f"--server (or BROKER_SERVER) needs BROKER_API_KEY: the key in {settings.api_key_file} "
+                "is only ever sent to the local broker, over its socket in the state dir"
+            )
+        where = server
+        status, data = _remote_request(server, key, method, path, body)
+    else:
+        where = f"unix:{cli_socket_path(settings.state_dir)}"
+        status, data = _local_request(settings, method, path, body)
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise CliError(f"the broker at {where} answered {status} without JSON") from None
+    if status >= 400:
+        error = payload.get("error", {}) if isinstance(payload, dict) else {}
+        error = error if isinstance(error, dict) else {}
+        raise CliError(f"{error.get('message', 'request failed')} [{error.get('code', status)}]")
+    return payload
+
+
+def _local_request(settings: Settings, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
+    import http.client  # light, unlike httpx; it takes the socket we verified
+
+    try:
+        sock, owner = connect_cli_socket(settings.state_dir, TIMEOUT)
+    except NotRunning as exc:
+        raise CliError(f"the broker is not running: {exc}; {NOT_RUNNING_HINT}") from None
+    except StateError as exc:
+        raise CliError(f"{exc} (to use a broker elsewhere: --server URL with BROKER_API_KEY)") from None
+    try:
+        key = os.environ.get("BROKER_API_KEY") or (
+            settings.api_keys[0] if settings.api_keys else read_api_key(settings.api_key_file, owner)
+        )
+    except StateError as exc:
+        sock.close()
+        raise CliError(f"{exc}: run as root (or as the broker's user), or set BROKER_API_KEY") from None
+    except BaseException:
+        sock.close()
+        raise
+    connection = http.client.HTTPConnection("localhost", timeout=TIMEOUT)
+    connection.sock = sock  # so the key goes exactly where SO_PEERCRED was checked
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise CliError(f"the local broker broke off the request ({exc})") from None
+    finally:
+        connection.close()
+
+
+def _remote_request(server: str, key: str, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
     import httpx  # here, not at the top: `broker serve` never needs it (~8 MiB of modules)
 
     if server.startswith("unix:"):
@@ -139,43 +220,10 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
         transport, base = None, server.rstrip("/")
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        with httpx.Client(base_url=base, transport=transport, headers=headers, timeout=15) as client:
+        with httpx.Client(base_url=base, transport=transport, headers=headers, timeout=TIMEOUT) as client:
             response = client.request(method, path, json=body)
     except httpx.TransportError as exc:
         raise CliError(f"cannot reach the broker at {server} ({exc}); is `broker serve` running?") from None
     except httpx.InvalidURL as exc:
         raise CliError(f"{server!r} is not a usable server URL ({exc})") from None
-    try:
-        payload = response.json()
-    except ValueError:
-        raise CliError(f"the broker at {server} answered {response.status_code} without JSON") from None
-    if response.is_error:
-        error = payload.get("error", {}) if isinstance(payload, dict) else {}
-        raise CliError(f"{error.get('message', 'request failed')} [{error.get('code', response.status_code)}]")
-    return payload
-
-
-def _local_server(settings: Settings) -> str:
-    try:
-        where = json.loads(settings.server_file.read_text())
-    except (OSError, ValueError):
-        return DEFAULT_SERVER
-    if not isinstance(where, dict):
-        return DEFAULT_SERVER
-    if where.get("uds"):
-        return f"unix:{where['uds']}"
-    return str(where.get("url") or DEFAULT_SERVER)
-
-
-def _local_key(settings: Settings) -> str:
-    if settings.api_keys:
-        return settings.api_keys[0]
-    path: Path = settings.api_key_file
-    try:
-        return path.read_text().strip()
-    except PermissionError:
-        raise CliError(f"cannot read the API key in {path}: run as root or set BROKER_API_KEY") from None
-    except OSError:
-        raise CliError(
-            f"no API key: {path} does not exist (start `broker serve` once, or set BROKER_API_KEY)"
-        ) from None
+    return response.status_code, response.content

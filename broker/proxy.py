@@ -91,3 +91,43 @@ def apply_forwarded(scope: Scope) -> Scope:
 def _last(value: str | None) -> str:
     """The value our proxy added: the last one in a comma-separated list."""
     return (value or "").split(",")[-1].strip()
+
+
+class CliSocketRequests:
+    """Requests that came in over the CLI socket in the state dir (see broker/state.py).
+
+    Only root (or the broker's user) can connect there, and the CLI is no reverse proxy:
+    any X-Forwarded-* header on it is dropped, so trusted_proxies = ["unix"] does not
+    apply to it. Links minted through it must still work from a browser, so such a
+    request is made to look as if it came to the broker's public address (`base_url`,
+    e.g. http://127.0.0.1:6080; http://localhost when it listens on a UNIX socket only);
+    public_url, when set, beats both (Broker.base_url).
+
+    The CLI socket is told apart by its name: uvicorn puts the listening socket's
+    getsockname() in scope["server"].
+    """
+
+    def __init__(self, app: ASGIApp, socket_name: str, base_url: str | None) -> None:
+        self.app = app
+        self.socket_name = socket_name
+        scheme, _, rest = (base_url or "http://localhost").partition("://")
+        self.scheme = scheme
+        self.host = rest.split("/", 1)[0]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if scope["type"] in ("http", "websocket") and server and server[0] == self.socket_name:
+            scope = self.as_public(scope)
+        await self.app(scope, receive, send)
+
+    def as_public(self, scope: Scope) -> Scope:
+        scope = dict(scope)
+        scope["headers"] = [
+            (k, v) for k, v in scope["headers"] if k.lower() != b"host" and not k.lower().startswith(b"x-forwarded-")
+        ]
+        scope["headers"].append((b"host", self.host.encode("latin-1")))
+        if scope["type"] == "websocket":
+            scope["scheme"] = "wss" if self.scheme == "https" else "ws"
+        else:
+            scope["scheme"] = self.scheme
+        return scope

@@ -17,11 +17,12 @@ from .config import Settings
 from .consoles import LibvirtConsoles
 from .limits import QuietLateResponses, guarded_http_protocol
 from .logs import logging_config
-from .proxy import ForwardedHeaders, TrustedProxies
+from .proxy import CliSocketRequests, ForwardedHeaders, TrustedProxies
 from .sessions import ConsoleSessions
 from .state import (
     StateError,
     bind_unix_socket,
+    cli_socket_path,
     load_or_create_api_key,
     prepare_state_dir,
     remove_server_file,
@@ -140,9 +141,25 @@ def serve(settings: Settings) -> None:
         allowed_origins=settings.allowed_origins,
         limits=settings.limits,
     )
-    app = QuietLateResponses(ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies)))
     sock, where = bind_socket(settings)
     uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
+    cli_path = cli_socket_path(settings.state_dir)
+    try:
+        cli_sock = bind_unix_socket(cli_path, 0o600)
+    except StateError as exc:
+        sock.close()
+        _remove_if_ours(settings.uds, uds_file)
+        raise SystemExit(f"broker: {exc}") from None
+    cli_sock.listen(64)
+    cli_sock.setblocking(False)
+    cli_file = os.lstat(cli_path)
+    app = QuietLateResponses(
+        CliSocketRequests(
+            ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies)),
+            cli_sock.getsockname(),
+            where.get("url"),
+        )
+    )
     config = uvicorn.Config(
         app,
         loop="uvloop",  # libuv's loop: markedly less CPU per relayed message (docs/benchmarks.md)
@@ -158,14 +175,22 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=3,
     )
     server = BrokerServer(config, broker)
-    server_file = write_server_file(settings.state_dir, {**where, "pid": os.getpid()})
+    # The CLI on this host finds the broker through server.json, and talks to it only over
+    # the CLI socket: a key from the state dir never goes to a TCP port someone else may hold.
+    server_file = write_server_file(settings.state_dir, {**where, "cli": str(cli_path), "pid": os.getpid()})
     log.info("broker listening on %s, libvirt %s", where.get("url") or where.get("uds"), settings.connect)
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock, cli_sock])
     finally:
         consoles.close()
         remove_server_file(server_file, os.getpid())
-        if settings.uds and uds_file and same_file(Path(settings.uds), uds_file):
-            Path(settings.uds).unlink(missing_ok=True)
+        _remove_if_ours(settings.uds, uds_file)
+        _remove_if_ours(str(cli_path), cli_file)
+
+
+def _remove_if_ours(path: str | None, ours: os.stat_result | None) -> None:
+    """Remove a socket file at exit, unless another server has put its own there since."""
+    if path and ours and same_file(Path(path), ours):
+        Path(path).unlink(missing_ok=True)
 
 

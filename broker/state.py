@@ -1,5 +1,5 @@
 """The host-local state: the API-key file and server.json, written by the server and read
-by the CLI.
+by the CLI, and the private UNIX socket the CLI talks to the server through.
 
 Everything here is about not trusting the file system blindly. The key in STATE_DIR opens
 every VM's keyboard and screen, so:
@@ -9,7 +9,11 @@ every VM's keyboard and screen, so:
 - files are created with O_EXCL|O_NOFOLLOW, so a planted symbolic link is never followed;
 - a UNIX socket gets its mode and group while it is still in a private directory, and
   only then is renamed into place: there is no moment at which the path is a socket with
-  other modes, nor one at which chmod/chown could be pointed at another file.
+  other modes, nor one at which chmod/chown could be pointed at another file;
+- the CLI sends the key only over STATE_DIR/cli.sock, after checking that it is a socket
+  owned by the state dir's owner and that the process behind it runs as that owner
+  (SO_PEERCRED). It never falls back to a TCP port: whoever binds a port first is not
+  necessarily the broker.
 
 Imported by the CLI: standard library only, nothing heavy.
 """
@@ -22,15 +26,19 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 KEY_FILE = "api-key"
 SERVER_FILE = "server.json"
+CLI_SOCKET = "cli.sock"
 
 # Linux's sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
 _MAX_SOCKET_PATH = 107
+_MAX_SERVER_FILE = 64 * 1024
 
 
 class StateError(Exception):
@@ -136,6 +144,16 @@ def read_api_key(path: Path, owner: int) -> str:
 # -- server.json ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ServerInfo:
+    """What server.json says: where the broker listens for everyone, and its CLI socket."""
+
+    pid: int | None
+    url: str | None = None
+    uds: str | None = None
+    cli: str | None = None
+
+
 def write_server_file(state_dir: Path, info: dict[str, Any]) -> Path:
     """Write STATE_DIR/server.json atomically, through a temporary file created with
     O_EXCL|O_NOFOLLOW: a symbolic link planted at the temporary path is removed, never
@@ -159,6 +177,42 @@ def write_server_file(state_dir: Path, info: dict[str, Any]) -> Path:
     return path
 
 
+def read_server_file(state_dir: Path, owner: int) -> ServerInfo:
+    """Client side: STATE_DIR/server.json, if it is a regular file of `owner` that others cannot write."""
+    path = state_dir / SERVER_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotRunning(f"there is no {path}") from None
+    except PermissionError:
+        raise StateError(f"cannot read {path} (permission denied)") from None
+    except OSError as exc:
+        raise StateError(f"cannot read {path} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != owner or st.st_mode & 0o022:
+            raise StateError(f"{path} is not a regular file of uid {owner} that only it may write; refusing it")
+        raw = fh.read(_MAX_SERVER_FILE)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise NotRunning(f"{path} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise NotRunning(f"{path} does not describe a server")
+    pid = data.get("pid")
+
+    def text(name: str) -> str | None:
+        value = data.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return ServerInfo(
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        url=text("url"),
+        uds=text("uds"),
+        cli=text("cli"),
+    )
+
+
 def remove_server_file(path: Path, pid: int) -> None:
     """Remove server.json on the way out, unless another broker has written its own since."""
     try:
@@ -169,6 +223,12 @@ def remove_server_file(path: Path, pid: int) -> None:
 
 
 # -- UNIX sockets ---------------------------------------------------------------------
+
+
+def cli_socket_path(state_dir: Path) -> Path:
+    """The private socket (0600, in the state dir) through which the CLI on this host talks
+    to the broker: the only way a key read from the state dir ever leaves it."""
+    return state_dir / CLI_SOCKET
 
 
 def bind_unix_socket(path: Path, mode: int, group: str | None = None) -> socket.socket:
@@ -237,3 +297,46 @@ def same_file(path: Path, st: os.stat_result) -> bool:
     except OSError:
         return False
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+
+
+# -- the CLI's side -------------------------------------------------------------------
+
+
+def connect_cli_socket(state_dir: Path, timeout: float) -> tuple[socket.socket, int]:
+    """A connection to the broker that owns `state_dir`, verified before any key is sent,
+    and that owner's uid (whose key file the CLI may then read).
+
+    Checks: the state dir is not writable by others; server.json is its owner's and says
+    the broker has a CLI socket; STATE_DIR/cli.sock is a socket of the same owner that only the owner may
+    use; and the process that answers on it runs as that owner (SO_PEERCRED). Raises
+    NotRunning when there is no broker, StateError when something is not as it must be.
+    """
+    owner = check_state_dir(state_dir).st_uid
+    info = read_server_file(state_dir, owner)
+    path = cli_socket_path(state_dir)
+    if not info.cli:
+        raise StateError(f"{state_dir / SERVER_FILE} names no CLI socket (a broker older than this CLI?)")
+    # Whatever path server.json names, only the socket in the checked state dir is used.
+    gone = f"{state_dir / SERVER_FILE} is left over from pid {info.pid} and nothing answers on {path}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise NotRunning(gone) from None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner or st.st_mode & 0o077:
+        raise StateError(f"{path} is not a socket of uid {owner} that only it may use (mode {_mode(st)}); refusing it")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _gid = struct.unpack("3i", creds)  # of the process that listens, from the kernel
+    except (ConnectionRefusedError, FileNotFoundError):
+        sock.close()
+        raise NotRunning(gone) from None
+    except OSError as exc:
+        sock.close()
+        raise StateError(f"cannot connect to {path} ({exc})") from None
+    if uid != owner:
+        sock.close()
+        raise StateError(f"the process behind {path} (pid {pid}) runs as uid {uid}, not uid {owner}; refusing it")
+    return sock, owner

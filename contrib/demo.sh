@@ -113,7 +113,9 @@ start() {
   start_domain
   start_broker
   local url
-  url=$("$ROOT/.venv/bin/broker" token "$DOMAIN" --ttl 600 --server "$BASE") \
+  # No --server: the CLI finds the local broker through its socket in the state dir, the
+  # only way it sends the key it reads there.
+  url=$("$ROOT/.venv/bin/broker" token "$DOMAIN" --ttl 600) \
     || die "broker token $DOMAIN failed (broker log: $LOGFILE)"
   cat <<EOF
 

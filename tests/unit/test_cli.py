@@ -53,13 +53,23 @@ def test_server_from_broker_server_environment(capsys, state_dir, monkeypatch) -
     assert err.startswith(f"broker: cannot reach the broker at {server}")
 
 
-def test_missing_api_key_file_exits_1(capsys, state_dir) -> None:
+def test_server_flag_without_broker_api_key_exits_1(capsys, state_dir) -> None:
+    """The state dir's key file is never sent to a --server (test_cli_socket.py)."""
+    (state_dir / "api-key").write_text("k" * 32 + "\n")
     status, out, err = run(capsys, "token", "vm", "--server", f"http://127.0.0.1:{free_port()}")
     assert status == 1
     assert out == ""
-    assert err.startswith("broker: no API key")
+    assert err.startswith("broker: --server (or BROKER_SERVER) needs BROKER_API_KEY")
     assert str(state_dir / "api-key") in err
-    assert "BROKER_API_KEY" in err
+    assert err.count("\n") == 1
+
+
+def test_no_local_broker_exits_1(capsys, state_dir) -> None:
+    status, out, err = run(capsys, "domains")
+    assert (status, out) == (1, "")
+    assert err.startswith("broker: the broker is not running: ")
+    assert "start `broker serve`" in err and "--server URL and BROKER_API_KEY" in err
+    assert err.count("\n") == 1
 
 
 def test_config_error_exits_1(capsys, state_dir, monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ import uvicorn
 from broker.app import Broker, create_app
 from broker.cli import CliError, _call, main
 from broker.consoles import LibvirtConsoles
+from broker.state import bind_unix_socket, cli_socket_path, write_server_file
 from broker.tokens import MemoryTokenStore, Tokens
 from unit_support import API_KEY, mute, BUILTIN_DOMAIN, TEST_URI, vnc_graphics
 
@@ -176,28 +178,49 @@ def test_domains_json(capsys, keyed, server_url, define_domain) -> None:
 # -- finding the server and key locally -----------------------------------------------
 
 
-def test_domains_finds_a_tcp_server_from_server_json(capsys, keyed, server_url, tmp_path) -> None:
-    (tmp_path / "server.json").write_text(json.dumps({"url": server_url, "pid": 1}))
-    status, out, _ = run(capsys, "domains", "--json")
-    assert status == 0
-    assert "domains" in json.loads(out)
-
-
 def test_domains_over_a_unix_socket(capsys, keyed, server_uds) -> None:
     status, out, _ = run(capsys, "domains", "--json", "--server", f"unix:{server_uds}")
     assert status == 0
     assert BUILTIN_DOMAIN in {d["name"] for d in json.loads(out)["domains"]}
 
 
-def test_domains_finds_a_unix_server_and_the_key_file_locally(
-    capsys, monkeypatch, tmp_path, server_uds
-) -> None:
-    monkeypatch.setenv("BROKER_STATE_DIR", str(tmp_path))
-    (tmp_path / "server.json").write_text(json.dumps({"uds": server_uds, "pid": 1}))
-    (tmp_path / "api-key").write_text(API_KEY + "\n")
+@pytest.fixture
+def local_broker(live_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The app behind a CLI socket in a state dir, with server.json and the key file, as
+    `broker serve` leaves them; BROKER_STATE_DIR points there. Yields the state dir."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o750)
+    (state / "api-key").write_text(API_KEY + "\n")
+    (state / "api-key").chmod(0o600)
+    sock = bind_unix_socket(cli_socket_path(state), 0o600)
+    server, thread = serve_in_thread(live_app, sock)
+    write_server_file(state, {"url": "http://127.0.0.1:1", "cli": str(cli_socket_path(state)), "pid": os.getpid()})
+    monkeypatch.setenv("BROKER_STATE_DIR", str(state))
+    yield state
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def test_domains_finds_the_local_broker_and_its_key_with_no_flags(capsys, local_broker) -> None:
     status, out, _ = run(capsys, "domains", "--json")
     assert status == 0
-    assert "domains" in json.loads(out)
+    assert BUILTIN_DOMAIN in {d["name"] for d in json.loads(out)["domains"]}
+
+
+def test_broker_api_key_is_used_over_the_cli_socket_too(capsys, local_broker, monkeypatch) -> None:
+    monkeypatch.setenv("BROKER_API_KEY", "w" * 32)
+    status, _, err = run(capsys, "domains")
+    assert status == 1
+    assert err.rstrip().endswith("[unauthorized]")
+
+
+def test_local_broker_without_a_readable_key_file_exits_1(capsys, local_broker) -> None:
+    (local_broker / "api-key").unlink()
+    status, _, err = run(capsys, "domains")
+    assert status == 1
+    assert err.startswith(f"broker: no API key: {local_broker / 'api-key'} does not exist")
+    assert "BROKER_API_KEY" in err
 
 
 def test_a_non_json_answer_is_reported(capsys, keyed, server_url) -> None:

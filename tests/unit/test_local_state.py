@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from broker.cli import DEFAULT_SERVER, CliError, _local_key, _local_server
 from broker.config import Settings
 from broker.server import ensure_api_keys
+from broker.state import NotRunning, ServerInfo, StateError, read_api_key, read_server_file
 
 
 @pytest.fixture
@@ -64,25 +65,27 @@ def test_two_hosts_get_different_keys(tmp_path: Path) -> None:
     assert ensure_api_keys(Settings(state_dir=tmp_path / "a")) != ensure_api_keys(Settings(state_dir=tmp_path / "b"))
 
 
-# -- _local_key -----------------------------------------------------------------------
+# -- read_api_key (the CLI's side) ------------------------------------------------------
 
 
-def test_local_key_prefers_configured_keys(settings: Settings) -> None:
-    assert _local_key(Settings(state_dir=settings.state_dir, api_keys=("e" * 20,))) == "e" * 20
-
-
-def test_local_key_reads_the_key_file(settings: Settings) -> None:
+def test_read_api_key_reads_the_key_file(settings: Settings) -> None:
     (key,) = ensure_api_keys(settings)
-    assert _local_key(settings) == key
+    assert read_api_key(settings.api_key_file, os.geteuid()) == key
 
 
-def test_local_key_without_a_file_is_a_cli_error_naming_it(settings: Settings) -> None:
-    with pytest.raises(CliError, match="api-key") as caught:
-        _local_key(settings)
+def test_read_api_key_without_a_file_names_it(settings: Settings) -> None:
+    with pytest.raises(StateError, match="no API key") as caught:
+        read_api_key(settings.api_key_file, os.geteuid())
     assert str(settings.api_key_file) in str(caught.value)
 
 
-# -- _local_server --------------------------------------------------------------------
+def test_read_api_key_wants_the_state_dirs_owner(settings: Settings) -> None:
+    ensure_api_keys(settings)
+    with pytest.raises(StateError, match="belongs to uid"):
+        read_api_key(settings.api_key_file, os.geteuid() + 1)
+
+
+# -- read_server_file -----------------------------------------------------------------
 
 
 def write_server_file(settings: Settings, content: str) -> None:
@@ -90,31 +93,44 @@ def write_server_file(settings: Settings, content: str) -> None:
     settings.server_file.write_text(content)
 
 
-def test_local_server_from_a_url(settings: Settings) -> None:
-    write_server_file(settings, json.dumps({"url": "http://127.0.0.1:7001", "pid": 42}))
-    assert _local_server(settings) == "http://127.0.0.1:7001"
+def read(settings: Settings) -> ServerInfo:
+    return read_server_file(settings.state_dir, os.geteuid())
 
 
-def test_local_server_from_a_unix_socket(settings: Settings) -> None:
+def test_server_file_with_a_url(settings: Settings) -> None:
+    write_server_file(settings, json.dumps({"url": "http://127.0.0.1:7001", "cli": "/s/cli.sock", "pid": 42}))
+    assert read(settings) == ServerInfo(pid=42, url="http://127.0.0.1:7001", cli="/s/cli.sock")
+
+
+def test_server_file_with_a_unix_socket(settings: Settings) -> None:
     write_server_file(settings, json.dumps({"uds": "/run/broker/broker.sock", "pid": 42}))
-    assert _local_server(settings) == "unix:/run/broker/broker.sock"
+    assert read(settings) == ServerInfo(pid=42, uds="/run/broker/broker.sock")
 
 
-def test_local_server_default_without_a_file(settings: Settings) -> None:
-    assert _local_server(settings) == DEFAULT_SERVER == "http://127.0.0.1:6080"
+def test_no_server_file_means_not_running(settings: Settings) -> None:
+    settings.state_dir.mkdir()
+    with pytest.raises(NotRunning, match="there is no"):
+        read(settings)
 
 
-@pytest.mark.parametrize("content", ["", "{", "not json", "{}", '{"pid": 1}', '{"url": ""}'])
-def test_local_server_default_for_unusable_files(settings: Settings, content: str) -> None:
+@pytest.mark.parametrize("content", ["", "{", "not json", "[]", "null", '"http://x"', "6080"])
+def test_unusable_server_files_mean_not_running(settings: Settings, content: str) -> None:
     write_server_file(settings, content)
-    assert _local_server(settings) == DEFAULT_SERVER
+    with pytest.raises(NotRunning):
+        read(settings)
 
 
-
-@pytest.mark.parametrize("content", ["[]", "null", '"http://x"', "6080"])
-def test_local_server_default_for_json_that_is_not_an_object(settings: Settings, content: str) -> None:
+@pytest.mark.parametrize("content", ["{}", '{"pid": "1", "url": 7, "cli": ""}', '{"pid": true}'])
+def test_fields_of_the_wrong_type_are_left_out(settings: Settings, content: str) -> None:
     write_server_file(settings, content)
-    assert _local_server(settings) == DEFAULT_SERVER
+    assert read(settings) == ServerInfo(pid=None)
+
+
+def test_a_server_file_others_can_write_is_refused(settings: Settings) -> None:
+    write_server_file(settings, json.dumps({"cli": "/x", "pid": 1}))
+    settings.server_file.chmod(0o666)
+    with pytest.raises(StateError, match="refusing it"):
+        read(settings)
 
 
 def _limit_after_start(soft: int, hard: int, max_sessions: int) -> tuple[int, str]:
