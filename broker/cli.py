@@ -4,6 +4,9 @@ Thin by design: every command but `serve` is one REST call, printed as text or -
 On the same host it finds the broker by itself, through state_dir/server.json and the
 broker's private socket state_dir/cli.sock, and uses the key in state_dir/api-key over
 that socket only (broker/state.py says why). Elsewhere: --server URL and BROKER_API_KEY.
+
+What a server says is printed through terminal_safe(): a domain may be named with
+control or bidi characters, and those must not reach the terminal as such.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import math
 import os
 import sys
+import unicodedata
 from collections.abc import Iterator
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     try:
         status = args.run(args)
     except (CliError, ConfigError, StateError) as exc:
-        print(f"broker: {exc}", file=sys.stderr)
+        print(f"broker: {terminal_safe(str(exc))}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:
         status = 130
@@ -75,6 +79,29 @@ def _seconds(text: str) -> float:
     return value
 
 
+# Control characters (C0, DEL, C1), format characters (bidi overrides and isolates, LRM,
+# RLM, ALM, zero-width ones), line/paragraph separators, and lone surrogates (which
+# json.loads lets through and print() cannot even encode).
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character that could move the cursor, recolour or clear the
+    screen, or reorder what follows (U+202E), written as an escape: \\x1b, \\u202e."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(_escape(c) if unicodedata.category(c) in _UNSAFE else c for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--server", metavar="URL", help="broker URL, or unix:/path/to.sock (default: found locally)")
@@ -99,11 +126,11 @@ def _token(args: argparse.Namespace) -> int:
         body["graphics"] = args.graphics
     result = _call(args, "POST", f"/api/v1/domains/{quote(args.domain, safe='')}/console", body)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))  # ensure_ascii: every control or bidi character is a \u escape
         return 0
     with _answer_shape():
         fields = (result["console_url"], result["domain"]["name"], result["expires_at"])
-        url, name, expires = (str(value) for value in fields)
+        url, name, expires = (terminal_safe(str(value)) for value in fields)
     print(url)
     print(f"(for {name}, single use, valid until {expires})", file=sys.stderr)
     return 0
@@ -120,8 +147,8 @@ def _domains(args: argparse.Namespace) -> int:
             console = domain.get("console_unavailable") or ", ".join(
                 str(c["endpoint"]) for c in domain["consoles"] if "endpoint" in c
             )
-            name, state = str(domain["name"]), str(domain["state"])
-            rows.append((name, state, str(console)))
+            name, state = terminal_safe(str(domain["name"])), terminal_safe(str(domain["state"]))
+            rows.append((name, state, terminal_safe(str(console))))
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for name, state, console in rows:
         print(f"{name:<{widths[0]}}  {state:<{widths[1]}}  {console}")

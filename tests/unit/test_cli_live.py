@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,6 +222,28 @@ def test_local_broker_without_a_readable_key_file_exits_1(capsys, local_broker) 
     assert status == 1
     assert err.startswith(f"broker: no API key: {local_broker / 'api-key'} does not exist")
     assert "BROKER_API_KEY" in err
+
+
+def test_domains_text_escapes_names_libvirt_accepts(capsys, local_broker, conn) -> None:
+    """libvirt takes TAB, C1 controls (U+009B is CSI in 8-bit terminals) and bidi
+    overrides in a domain name; `broker domains` shows them escaped."""
+    names = ["unit-tab\tx", "unit-csi\x9b2Jx", "unit-rlo\u202egpj.exe", "unit-lri\u2066x"]
+    domains = [
+        conn.defineXML(
+            f"<domain type='test'><name>{name}</name><memory unit='KiB'>1024</memory>"
+            "<os><type>hvm</type></os></domain>"
+        )
+        for name in names
+    ]
+    try:
+        status, out, err = run(capsys, "domains")
+        assert (status, err) == (0, "")
+        assert all(c == "\n" or unicodedata.category(c) not in {"Cc", "Cf"} for c in out)
+        shown = {line.split()[0] for line in out.splitlines()[1:]}
+        assert {"unit-tab\\x09x", "unit-csi\\x9b2Jx", "unit-rlo\\u202egpj.exe", "unit-lri\\u2066x"} <= shown
+    finally:
+        for domain in domains:
+            domain.undefine()
 
 
 def test_a_non_json_answer_is_reported(capsys, keyed, server_url) -> None:
