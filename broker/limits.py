@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:  # imported where used: config.py (and so the CLI) imports this module
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
       applies only to heads that arrive in pieces, and a whole 3000-field head costs
       megabytes of Python objects to parse.
     """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]

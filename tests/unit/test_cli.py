@@ -133,3 +133,17 @@ def test_malformed_server_url_is_refused_with_a_message(capsys, state_dir, monke
     status, _, err = run(capsys, "domains", "--server", "http://[::1")
     assert status == 1
     assert err.startswith("broker: ")
+
+
+def test_the_cli_imports_nothing_heavy() -> None:
+    """`broker token` and `broker domains` start fast: neither uvicorn, libvirt, starlette
+    nor httpx (only needed for --server) is imported with the CLI."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, broker.cli, broker.state;"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'uvicorn', 'libvirt', 'starlette', 'httpx'})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.strip() == ""
