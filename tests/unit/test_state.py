@@ -24,6 +24,7 @@ from support.processes import BROKER, start_broker
 from unit_support import free_port
 
 NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="gives files to another user")
 
 
 @pytest.fixture
@@ -52,6 +53,7 @@ def test_refuses_a_state_dir_others_can_write(settings: Settings, mode: int) -> 
     assert not settings.api_key_file.exists()
 
 
+@needs_root
 def test_refuses_a_state_dir_of_another_user(settings: Settings) -> None:
     settings.state_dir.mkdir(mode=0o750)
     os.chown(settings.state_dir, NOBODY, -1)
@@ -96,6 +98,7 @@ def test_refuses_a_key_file_others_can_read_or_write(settings: Settings, mode: i
         ensure_api_keys(settings)
 
 
+@needs_root
 def test_refuses_a_key_file_of_another_user(settings: Settings) -> None:
     settings.state_dir.mkdir(mode=0o750)
     settings.api_key_file.write_text("a-key-of-somebody-else-0123456\n")
