@@ -104,7 +104,11 @@ def _escape(char: str) -> str:
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--server", metavar="URL", help="broker URL, or unix:/path/to.sock (default: found locally)")
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="broker URL, or unix:/path/to.sock; needs BROKER_API_KEY (default: the local broker, via the state dir)",
+    )
     parser.add_argument("--config", metavar="FILE", help="TOML config file (also BROKER_CONFIG)")
 
 
