@@ -7,6 +7,7 @@ their own.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -54,6 +55,8 @@ class RateLimiter:
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEAD_LINES = 100
+# Where a request head ends, exactly as h11 finds it (h11/_receivebuffer.py): bare \n counts.
+_BLANK_LINE = re.compile(b"\n\r?\n")
 
 
 def _plain_response(status: bytes, body: bytes) -> bytes:
@@ -68,93 +71,122 @@ _LINE_TOO_LONG = _plain_response(b"414 URI Too Long", b"The request line is too 
 _HEAD_TOO_LARGE = _plain_response(b"431 Request Header Fields Too Large", b"The request headers are too large.\n")
 
 
+def head_refusal(buffered: bytes) -> bytes | None:
+    """The 414 or 431 answer for the request head at the start of `buffered`, or None.
+
+    `buffered` is what h11 holds unparsed when it is about to read a head: that head, whole
+    or in part, and whatever the client pipelined behind it (never counted). Only the first
+    MAX_HEAD_BYTES + 3 bytes are searched, so a long buffer costs no more than a short one.
+    """
+    end = _BLANK_LINE.search(buffered, 0, MAX_HEAD_BYTES + 3)
+    head = buffered[: end.end()] if end else buffered[: MAX_HEAD_BYTES + 1]
+    line_end = head.find(b"\n")
+    if (line_end if line_end >= 0 else len(head)) > MAX_REQUEST_LINE:
+        return _LINE_TOO_LONG
+    if len(head) > MAX_HEAD_BYTES or head.count(b"\n") > MAX_HEAD_LINES:
+        return _HEAD_TOO_LARGE
+    return None
+
+
+class _HeadRefused(Exception):
+    def __init__(self, answer: bytes) -> None:
+        super().__init__()
+        self.answer = answer
+
+
+class _HeadCheckingConnection(h11.Connection):
+    """h11's server connection, measuring every request head before it parses it.
+
+    Every head goes through next_event while the client's side is IDLE: the first, one
+    that trickles in, and one pipelined behind an earlier request, already buffered when
+    uvicorn starts the next cycle (even inside its own loop, when a body ends after the
+    answer went out). Measuring here, from h11's own buffer, is the one place that sees
+    them all; counting bytes as they come off the socket misses every head but the first
+    of a read. The cost is one copy of the unparsed buffer per head (`trailing_data`, h11's
+    public view of it), bounded by uvicorn pausing reads while a cycle runs.
+    """
+
+    def next_event(self) -> Any:
+        if self.their_state is h11.IDLE:
+            refusal = head_refusal(self.trailing_data[0])
+            if refusal is not None:
+                raise _HeadRefused(refusal)
+        return super().next_event()
+
+
 def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol with the guards it lacks, for every request on a connection:
 
-    - the request head must arrive within `header_timeout` seconds (slowloris): uvicorn's
-      keep-alive timer runs only between requests and every byte resets it;
+    - each request head must arrive within `header_timeout` seconds (slowloris): uvicorn's
+      keep-alive timer runs only between requests and every byte resets it. The deadline
+      runs only while h11 waits for a head that is not all there: from the connection's
+      start or the end of the previous answer, never while an answer is being produced
+      (a pipelined head already buffered is simply in time);
     - a WebSocket upgrade must also complete its handshake by then: uvicorn's websockets
-      protocol never answers a head that websockets refuses to parse, and never closes it;
-    - the request line may hold 8 KiB and the head 16 KiB in 100 lines: h11's own limit
-      applies only to heads that arrive in pieces, and a whole 3000-field head costs
-      megabytes of Python objects to parse.
+      protocol never answers a head that websockets refuses to parse, and never closes it.
+      Once upgraded, the connection is the WebSocket protocol's: only that deadline,
+      which closes without a word, applies, and no HTTP is ever written into it;
+    - the request line may hold 8 KiB and the head 16 KiB in 100 lines, pipelined or
+      not: h11's own limit applies only to heads that arrive in pieces, and a whole
+      3000-field head costs megabytes of Python objects to parse.
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class GuardedH11Protocol(H11Protocol):
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            size = self.config.h11_max_incomplete_event_size
+            limit = {} if size is None else {"max_incomplete_event_size": size}
+            self.conn = _HeadCheckingConnection(h11.SERVER, **limit)
             self._deadline: asyncio.TimerHandle | None = None
-            self._guard_next_head()
+            self._upgraded = False
 
-        def _guard_next_head(self) -> None:
-            """Start guarding the head of the next request (the cycle of the last one is known)."""
-            self._cancel_deadline()
-            self._guarded_after = self.cycle
-            self._head_bytes = 0
-            self._head_lines = 0
-            self._line_done = False
-            self._head_done = False
-            self._tail = b""  # the last bytes seen, in case the blank line straddles two reads
-            self._deadline = self.loop.call_later(header_timeout, self._too_slow)
-
-        def _head_pending(self) -> bool:
-            return self._deadline is not None and self.cycle is self._guarded_after
-
-        def data_received(self, data: bytes) -> None:
-            if self._head_pending() and not self._head_done:
-                refusal = self._check_head(data)
-                if refusal is not None:
-                    self._cancel_deadline()
-                    self.transport.write(refusal)
-                    self.transport.close()
-                    return
-            super().data_received(data)
-
-        def _check_head(self, data: bytes) -> bytes | None:
-            """Count the head's bytes and lines (not the body's that may follow in the same read)."""
-            window = self._tail + data
-            end = window.find(b"\r\n\r\n")
-            if end >= 0:
-                data = data[: max(0, end + 4 - len(self._tail))]
-                self._head_done = True
-            self._tail = window[-3:]
-            if not self._line_done:
-                end = data.find(b"\n")
-                line_length = self._head_bytes + (end if end >= 0 else len(data))
-                if line_length > MAX_REQUEST_LINE:
-                    return _LINE_TOO_LONG
-                self._line_done = end >= 0
-            self._head_bytes += len(data)
-            self._head_lines += data.count(b"\n")
-            if self._head_bytes > MAX_HEAD_BYTES or self._head_lines > MAX_HEAD_LINES:
-                return _HEAD_TOO_LARGE
-            return None
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._watch_for_head()
 
         def handle_events(self) -> None:
-            super().handle_events()
-            if self._deadline is not None and self.cycle is not self._guarded_after:
-                self._cancel_deadline()  # the head is in: the request is being served
+            """Every parse goes through here: reading, and uvicorn's next cycle after an answer."""
+            try:
+                super().handle_events()
+            except _HeadRefused as refused:
+                self._refuse(refused.answer)
+                return
+            self._watch_for_head()
 
-        def handle_websocket_upgrade(self, event: Any) -> None:
-            # Keep the deadline: it now waits for the WebSocket handshake to complete. It is
-            # re-armed on the transport alone, so that this h11 protocol object (~3 KiB) is
-            # freed at once instead of living on in the timer for the rest of the deadline.
-            self._guarded_after = None
-            self.cycle = None
-            deadline = self._deadline
-            self._deadline = None
-            super().handle_websocket_upgrade(event)
-            if deadline is not None and not deadline.cancelled():
-                deadline.cancel()
-                # (uvloop turns sub-millisecond delays into plain Handles, without when())
-                when = getattr(deadline, "when", self.loop.time)()
-                self.loop.call_at(when, _close_unless_handshaken, self.transport)
+        def _waiting_for_head(self) -> bool:
+            """Between answers: the client owes the next head (and perhaps the rest of a body
+            the answer did not wait for); no byte of an answer of ours is out yet."""
+            if self._upgraded or self.transport.is_closing():
+                return False
+            return self.conn.their_state is h11.IDLE or self.conn.our_state is h11.DONE
+
+        def _watch_for_head(self) -> None:
+            """Arm the deadline while a head is awaited; drop it once the head is in."""
+            if not self._waiting_for_head():
+                self._cancel_deadline()
+            elif self._deadline is None:
+                self._deadline = self.loop.call_later(header_timeout, self._too_slow)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
-                self._guard_next_head()
+            self._watch_for_head()  # also when the answer went out before the request's body
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            # The deadline now waits for the WebSocket handshake to complete: the head's own
+            # if it was still running, else (a pipelined upgrade, head already in) a fresh
+            # one. It is set on the transport alone, so that this h11 protocol object
+            # (~3 KiB) is freed at once instead of living on in the timer.
+            self._upgraded = True
+            deadline = self._deadline
+            self._deadline = None
+            when = self.loop.time() + header_timeout
+            if deadline is not None:
+                deadline.cancel()
+                # (uvloop turns sub-millisecond delays into plain Handles, without when())
+                when = getattr(deadline, "when", self.loop.time)()
+            super().handle_websocket_upgrade(event)
+            self.loop.call_at(when, _close_unless_handshaken, self.transport)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_deadline()
@@ -165,13 +197,17 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
                 self._deadline.cancel()
                 self._deadline = None
 
+        def _refuse(self, answer: bytes) -> None:
+            self._cancel_deadline()
+            self.transport.write(answer)
+            self.transport.close()
+
         def _too_slow(self) -> None:
             self._deadline = None
-            if self.transport.is_closing():
-                return
-            if self.cycle is self._guarded_after:
-                self.transport.write(_TOO_SLOW)
-                self.transport.close()
+            # Only in HTTP, and never into an answer: an upgraded connection belongs to
+            # another protocol (so does the transport, then).
+            if self._waiting_for_head() and self.transport.get_protocol() is self:
+                self._refuse(_TOO_SLOW)
 
     return GuardedH11Protocol
 
