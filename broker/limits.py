@@ -7,6 +7,7 @@ their own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import h11
 
 if TYPE_CHECKING:  # imported where used: config.py (and so the CLI) imports this module
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("broker.limits")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ def _plain_response(status: bytes, body: bytes) -> bytes:
 _TOO_SLOW = _plain_response(b"408 Request Timeout", b"The request headers took too long to arrive.\n")
 _LINE_TOO_LONG = _plain_response(b"414 URI Too Long", b"The request line is too long.\n")
 _HEAD_TOO_LARGE = _plain_response(b"431 Request Header Fields Too Large", b"The request headers are too large.\n")
+_UPGRADE_NEEDS_HTTP_1_1 = _plain_response(
+    b"400 Bad Request", b"WebSocket upgrades need HTTP/1.1 (RFC 6455); a proxy needs proxy_http_version 1.1.\n"
+)
 
 
 def head_refusal(buffered: bytes) -> bytes | None:
@@ -128,7 +134,9 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
       which closes without a word, applies, and no HTTP is ever written into it;
     - the request line may hold 8 KiB and the head 16 KiB in 100 lines, pipelined or
       not: h11's own limit applies only to heads that arrive in pieces, and a whole
-      3000-field head costs megabytes of Python objects to parse.
+      3000-field head costs megabytes of Python objects to parse;
+    - a WebSocket upgrade must be HTTP/1.1 (RFC 6455 §4.1): uvicorn would rewrite an
+      HTTP/1.0 one as 1.1 and accept it.
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -173,6 +181,10 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
             self._watch_for_head()  # also when the answer went out before the request's body
 
         def handle_websocket_upgrade(self, event: Any) -> None:
+            if event.http_version != b"1.1":
+                log.info("refused a WebSocket upgrade over HTTP/%s from %s", event.http_version.decode(), _peer(self.client))
+                self._refuse(_UPGRADE_NEEDS_HTTP_1_1)
+                return
             # The deadline now waits for the WebSocket handshake to complete: the head's own
             # if it was still running, else (a pipelined upgrade, head already in) a fresh
             # one. It is set on the transport alone, so that this h11 protocol object
@@ -210,6 +222,10 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
                 self._refuse(_TOO_SLOW)
 
     return GuardedH11Protocol
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a UNIX-socket peer"
 
 
 def _close_unless_handshaken(transport: Any) -> None:

@@ -234,6 +234,25 @@ def test_a_head_behind_a_body_sent_after_its_answer_meets_the_caps(conn: Conn, h
     assert conn.answer()[0] == status
 
 
+def test_http_1_0_websocket_upgrades_are_refused(broker: BrokerProcess, conn: Conn) -> None:
+    """RFC 6455 §4.1 asks for HTTP/1.1: a clear 400 (often a proxy without
+    `proxy_http_version 1.1`), one log line, no traceback, and the token is not spent."""
+    target = console_target(broker)
+    conn.send(upgrade_head(target, version="1.0"))
+    status, headers, body = conn.answer()
+    assert status == 400 and headers["connection"] == "close"
+    assert b"HTTP/1.1" in body
+    log = broker.log()
+    assert "HTTP/1.0" in log and "Traceback" not in log
+    again = Conn(broker)
+    try:
+        again.send(upgrade_head(target))
+        assert again.answer()[0] == 101
+        assert again.frame() == (0x2, GREETING)
+    finally:
+        again.close()
+
+
 @pytest.mark.parametrize("trickle", [True, False], ids=["trickled", "silent"])
 def test_a_body_still_owed_after_its_answer_is_cut_at_the_deadline(conn: Conn, trickle: bool) -> None:
     """The answer went out before the body (405): what the client still owes counts as
