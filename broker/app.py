@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import html
 import json
@@ -12,7 +13,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,7 +40,7 @@ from .errors import (
     VM_STOPPED,
     BrokerError,
 )
-from .limits import RateLimiter, SessionLimits
+from .limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
 from .relay import RelayEnd, Traffic, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
 from .splice import EXTENSION as SPLICE
@@ -177,14 +178,33 @@ class Broker:
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
 
     def authorize(self, request: Request) -> int:
-        """The index of the API key presented, or UNAUTHORIZED."""
+        """The index of the API key presented, or UNAUTHORIZED; RATE_LIMITED, before the key
+        is even looked at, for a client address with too many failed attempts."""
+        client = request.client.host if request.client else "unknown"
+        wait = self.failed_keys.wait(client)
+        if wait:
+            raise BrokerError(RATE_LIMITED, "Too many requests with a wrong API key from this address.", retry_after=wait)
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         presented = key.strip().encode()
         # Compare with every key (no early exit), so timing says nothing about which matched.
         matches = [hmac.compare_digest(presented, k) for k in self.api_keys]
         if scheme.lower() != "bearer" or not any(matches):
+            self.key_refused(request, client)
             raise BrokerError(UNAUTHORIZED)
         return matches.index(True)
+
+    @functools.cached_property
+    def failed_keys(self) -> RateLimiter:
+        """Failed API-key attempts per client address (as the app sees it: behind a trusted
+        proxy, X-Forwarded-For), AUTH_FAILURE_BURST then AUTH_FAILURE_RATE a minute."""
+        return RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
+
+    def key_refused(self, request: Request, client: str) -> None:
+        """Count a failed attempt and log it: who and where, never what key was presented."""
+        self.failed_keys.allow(client)
+        wait = self.failed_keys.wait(client)
+        then = f"; its next API requests get 429 for {math.ceil(wait)} s" if wait else ""
+        log.warning("refused API request from %s to %s: no valid API key%s", _client(request), quote(request.url.path), then)
 
     def token_json(self, request: HTTPConnection, minted: MintedToken, domain: DomainInfo) -> dict[str, Any]:
         base = self.base_url(request)

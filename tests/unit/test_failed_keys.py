@@ -1,0 +1,89 @@
+"""Failed API-key attempts: one log line each, and a rate limit per client address."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from broker.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter
+from broker.proxy import ForwardedHeaders, TrustedProxies
+from unit_support import API_KEY, AUTH
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+# Shares its first 31 characters with the right key: none of it may reach the log.
+NEAR_MISS = {"Authorization": f"Bearer {API_KEY[:-1]}x"}
+
+
+def other_client(api, host: str) -> TestClient:
+    return TestClient(api.client.app, client=(host, 40000))
+
+
+def fail(client, times: int) -> None:
+    for _ in range(times):
+        assert client.get("/api/v1/domains", headers=NEAR_MISS).status_code == 401
+
+
+def test_each_failed_attempt_is_logged_with_client_and_path_but_no_key(api, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="broker.app"):
+        api.client.get("/api/v1/domains", headers=NEAR_MISS)
+        api.client.post("/api/v1/domains/vm%201/console")  # no key at all; shown quoted, as uvicorn does
+        api.client.get("/api/v1/domains", headers=AUTH)
+    lines = [r.getMessage() for r in caplog.records if r.name == "broker.app"]
+    assert lines == [
+        "refused API request from testclient:50000 to /api/v1/domains: no valid API key",
+        "refused API request from testclient:50000 to /api/v1/domains/vm%201/console: no valid API key",
+    ]
+    assert API_KEY[:8] not in caplog.text and "Bearer" not in caplog.text
+
+
+def test_too_many_failures_from_one_address_get_429_even_with_the_right_key(api, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="broker.app"):
+        fail(api.client, AUTH_FAILURE_BURST)
+    assert "get 429 for 6 s" in caplog.records[-1].getMessage()
+    for headers in (NEAR_MISS, AUTH):
+        response = api.client.get("/api/v1/domains", headers=headers)
+        assert response.status_code == 429, response.text
+        assert response.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(response.headers["retry-after"]) <= 60 / AUTH_FAILURE_RATE
+    with other_client(api, "192.0.2.7") as elsewhere:
+        assert elsewhere.get("/api/v1/domains", headers=AUTH).status_code == 200
+
+
+def test_a_locked_out_address_gets_one_try_back_per_refill(api) -> None:
+    api.broker.failed_keys.clock = api.clock
+    fail(api.client, AUTH_FAILURE_BURST)
+    api.clock.advance(60 / AUTH_FAILURE_RATE)
+    assert api.client.get("/api/v1/domains", headers=AUTH).status_code == 200
+    fail(api.client, 1)
+    assert api.client.get("/api/v1/domains", headers=AUTH).status_code == 429
+
+
+def test_right_keys_are_never_counted(api) -> None:
+    for _ in range(AUTH_FAILURE_BURST + 5):
+        assert api.client.get("/api/v1/domains", headers=AUTH).status_code == 200
+
+
+def test_behind_a_trusted_proxy_the_address_is_the_forwarded_one(api) -> None:
+    """request.client as the app sees it: ForwardedHeaders has made it the X-Forwarded-For
+    address, so one browser behind nginx does not lock out the panel behind the same nginx."""
+    behind_nginx = ForwardedHeaders(api.client.app, TrustedProxies(["127.0.0.1"]))
+    with TestClient(behind_nginx, client=("127.0.0.1", 40000)) as nginx:
+        attacker = {"X-Forwarded-For": "198.51.100.1"}
+        for _ in range(AUTH_FAILURE_BURST):
+            assert nginx.get("/api/v1/domains", headers={**NEAR_MISS, **attacker}).status_code == 401
+        assert nginx.get("/api/v1/domains", headers={**AUTH, **attacker}).status_code == 429
+        assert nginx.get("/api/v1/domains", headers={**AUTH, "X-Forwarded-For": "198.51.100.2"}).status_code == 200
+
+
+def test_full_buckets_are_swept_so_addresses_cannot_grow_the_table_for_ever(clock) -> None:
+    limiter = RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST, clock=clock)
+    for i in range(5000):
+        limiter.allow(f"10.0.{i // 256}.{i % 256}")
+        clock.advance(1.0)  # each address long refilled by the time the table is swept
+    assert len(limiter._buckets) < 2100
+    assert limiter.wait("10.0.0.1") == 0.0
