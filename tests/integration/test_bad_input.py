@@ -383,6 +383,8 @@ def test_foreign_origin_is_refused_and_the_token_kept(tight_broker: BrokerProces
         pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Version": "8"}), {400, 426}, id="version-8"),
         pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Protocol": "binary, \xe9"}), {400}, id="bad-subprotocol"),
         pytest.param(lambda: upgrade_head("/websockify?token=x").replace(b"GET ", b"POST ", 1), {405}, id="post-upgrade"),
+        # RFC 6455 §4.1: HTTP/1.1 or later; uvicorn alone would rebuild the head as 1.1 and accept it.
+        pytest.param(lambda: upgrade_head("/websockify?token=x").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1), {400}, id="http-1.0-upgrade"),
         pytest.param(lambda: upgrade_head("/websockify?token=\xe9\xff"), {400}, id="raw-non-ascii-target"),
         pytest.param(lambda: upgrade_head("/websockify?token=x", drop=("Host",)), {400}, id="no-host"),
         pytest.param(lambda: upgrade_head("/healthz"), {403}, id="upgrade-to-an-http-route"),
