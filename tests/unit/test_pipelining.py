@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.limits import MAX_HEAD_BYTES, MAX_HEAD_LINES, MAX_REQUEST_LINE, head_refusal
+import h11
+
+from broker.limits import MAX_HEAD_BYTES, MAX_HEAD_LINES, MAX_REQUEST_LINE, _HeadCheckingConnection, _HeadRefused, head_refusal
 from support.processes import BrokerProcess, start_broker
 from support.stream_server import GREETING, StreamServer, command
 
@@ -208,6 +210,33 @@ def test_head_refusal_measures_only_the_first_head(buffered: bytes, status: int 
     """A head ends where h11 says (a bare \\n too), and what the client pipelined behind it
     is left for its own turn."""
     assert status_of(head_refusal(buffered)) == status
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["crlf", "bare-lf"])
+def test_a_head_cut_anywhere_is_still_found_whole(eol: bytes) -> None:
+    """The search for the head's end resumes where the last one stopped (a head trickled
+    byte by byte is searched once, not once per byte): an end that straddles reads is
+    never skipped, or what was pipelined behind it would count as head (a false 431)."""
+    head = eol.join([b"GET / HTTP/1.1", b"Host: h", b"X: y", b"", b""])
+    pipelined = b"GET / HTTP/1.1" + eol + b"X: " + b"a" * MAX_HEAD_BYTES
+    for first in range(1, len(head)):
+        for second in range(first + 1, len(head)):
+            conn = _HeadCheckingConnection(h11.SERVER)
+            events = []
+            for part in (head[:first], head[first:second], head[second:] + pipelined):
+                conn.receive_data(part)
+                events.append(conn.next_event())
+            assert isinstance(events[-1], h11.Request), (first, second, events)
+
+
+def test_a_head_trickled_byte_by_byte_is_refused_once_it_has_too_many_lines() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * MAX_HEAD_LINES + b"\r\n"
+    conn = _HeadCheckingConnection(h11.SERVER)
+    with pytest.raises(_HeadRefused) as refused:
+        for i in range(len(head)):
+            conn.receive_data(head[i : i + 1])
+            assert conn.next_event() is h11.NEED_DATA
+    assert refused.value.answer.startswith(b"HTTP/1.1 431 ")
 
 
 OVERSIZED = [
