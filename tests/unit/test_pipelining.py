@@ -301,3 +301,21 @@ def test_a_body_still_owed_after_its_answer_is_cut_at_the_deadline(conn: Conn, t
     else:
         raise AssertionError(f"still open {HEADER_TIMEOUT + 1.5:g}s after the answer")
     assert time.monotonic() - started <= HEADER_TIMEOUT + 1.0
+
+
+def test_a_pipelined_upgrade_that_never_completes_its_handshake_is_closed_without_a_word(
+    broker: BrokerProcess, conn: Conn
+) -> None:
+    """An upgrade with a body, which websockets refuses to parse and uvicorn never answers:
+    pipelined, its head was in at once, so the handshake gets a deadline of its own, which
+    closes the connection and writes nothing."""
+    upgrade = upgrade_head(console_target(broker)).replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\nhello")
+    conn.send(HEALTHZ + upgrade)
+    assert conn.answer()[0] == 200
+    started = time.monotonic()
+    conn.sock.settimeout(HEADER_TIMEOUT + 2)
+    rest = b""
+    while chunk := conn.sock.recv(65536):
+        rest += chunk
+    assert rest == b""
+    assert HEADER_TIMEOUT - 0.2 <= time.monotonic() - started <= HEADER_TIMEOUT + 1.0
