@@ -137,8 +137,9 @@ class _HeadCheckingConnection(h11.Connection):
     uvicorn starts the next cycle (even inside its own loop, when a body ends after the
     answer went out). Measuring here, from h11's own buffer, is the one place that sees
     them all; counting bytes as they come off the socket misses every head but the first
-    of a read. The cost is one copy of the unparsed buffer per head (`trailing_data`, h11's
-    public view of it), bounded by uvicorn pausing reads while a cycle runs.
+    of a read. The cost is a copy of the unparsed buffer (`trailing_data`, h11's public
+    view of it) per look: per read while a head trickles in, which the caps bound, and
+    once per pipelined head, which uvicorn bounds by pausing reads while a cycle runs.
     """
 
     _searched = 0  # bytes at the front of the awaited head known to hold no end of head
@@ -162,8 +163,9 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
     - each request head must arrive within `header_timeout` seconds (slowloris): uvicorn's
       keep-alive timer runs only between requests and every byte resets it. The deadline
       runs only while h11 waits for a head that is not all there: from the connection's
-      start or the end of the previous answer, never while an answer is being produced
-      (a pipelined head already buffered is simply in time);
+      start or the end of the previous answer (so it also covers the rest of a body that
+      answer did not wait for), never while an answer is being produced (a pipelined
+      head already buffered is simply in time);
     - a WebSocket upgrade must also complete its handshake by then: uvicorn's websockets
       protocol never answers a head that websockets refuses to parse, and never closes it.
       Once upgraded, the connection is the WebSocket protocol's: only that deadline,
@@ -200,7 +202,7 @@ def guarded_http_protocol(header_timeout: float) -> type[H11Protocol]:
 
         def _waiting_for_head(self) -> bool:
             """Between answers: the client owes the next head (and perhaps the rest of a body
-            the answer did not wait for); no byte of an answer of ours is out yet."""
+            the answer did not wait for), and no answer of ours is under way."""
             if self._upgraded or self.transport.is_closing():
                 return False
             return self.conn.their_state is h11.IDLE or self.conn.our_state is h11.DONE
