@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import unicodedata
 from collections.abc import Iterator
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -25,6 +24,7 @@ from urllib.parse import quote
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .state import NotRunning, StateError, cli_socket_path, connect_cli_socket, read_api_key
+from .terminal import terminal_safe
 
 
 class CliError(Exception):
@@ -77,29 +77,6 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds greater than 0, got {text!r}")
     return value
-
-
-# Control characters (C0, DEL, C1), format characters (bidi overrides and isolates, LRM,
-# RLM, ALM, zero-width ones), line/paragraph separators, and lone surrogates (which
-# json.loads lets through and print() cannot even encode).
-_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-
-
-def terminal_safe(text: str) -> str:
-    """`text` with every character that could move the cursor, recolour or clear the
-    screen, or reorder what follows (U+202E), written as an escape: \\x1b, \\u202e."""
-    if text.isascii() and text.isprintable():
-        return text
-    return "".join(_escape(c) if unicodedata.category(c) in _UNSAFE else c for c in text)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:

@@ -12,26 +12,12 @@ import re
 from typing import Any
 from urllib.parse import unquote_plus
 
+from .terminal import terminal_safe
+
 _SECRET_NAMES = {"token", "key", "password", "passwd"}
 _QUERY = re.compile(r"\?([^\s\"']*)")
 _PAIR = re.compile(r"([^&;=]*)=([^&;]*)")
 _BARE_SECRET = re.compile(r"((?:^|\s)(?:token|key|password|passwd)=)[^&;\s\"']*", re.IGNORECASE)
-
-
-# C0 and C1 controls, DEL, and the format characters that reorder or hide text (bidi
-# embeddings, overrides and isolates, marks, zero-width joiners): a domain name, an Origin
-# or a User-Agent holding these could rewrite a terminal or fake a log line.
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
-
-
-def printable(text: str) -> str:
-    """text with every control or bidi character written as an escape (\\x1b, \\u202e)."""
-    return _UNPRINTABLE.sub(_escape, text)
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _redact_pair(match: re.Match[str]) -> str:
@@ -71,7 +57,7 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # Format first: a secret may sit in the arguments (`token=%s`), and redacting the
         # format string alone would eat its placeholder and lose the line.
-        record.msg = printable(redact(record.getMessage()))
+        record.msg = terminal_safe(redact(record.getMessage()))
         record.args = None
         return True
 

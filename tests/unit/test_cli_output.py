@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import main, terminal_safe
+from broker.cli import main
+from broker.terminal import terminal_safe
 from support.processes import BrokerProcess, start_broker
 from unit_support import API_KEY
 

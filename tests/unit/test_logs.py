@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.logs import RedactSecrets, logging_config, printable, redact
+from broker.logs import RedactSecrets, logging_config, redact
+from broker.terminal import terminal_safe
 
 TOKEN = "Zq3_x-9kLmN0pQrStUvWxYz0123456789abcdefGHIJ"
 ACCESS_FORMAT = '%s - "%s %s HTTP/%s" %d'
@@ -168,8 +169,8 @@ def test_logging_config_level() -> None:
         ("plain é ü 日本 name", "plain é ü 日本 name"),
     ],
 )
-def test_printable_escapes_controls_and_bidi(text: str, expected: str) -> None:
-    assert printable(text) == expected
+def test_log_lines_escape_controls_and_bidi(text: str, expected: str) -> None:
+    assert terminal_safe(text) == expected
 
 
 def test_logging_config_escapes_client_supplied_text(captured_logs: io.StringIO) -> None:
