@@ -361,7 +361,10 @@ class _Splice:
             self.idle_timer = self.loop.call_at(due, self.watch_idle, idle_timeout)
 
     def client_data(self, payload: list[bytes]) -> None:
-        """Bytes from the browser (all frames of one read): to the VNC server in one write."""
+        """Bytes from the browser (all frames of one read): to the VNC server in one write.
+        Nothing after a frame that ended the session (text, say) in the same read."""
+        if self.ended.done():
+            return
         self.last_input = self.loop.time()
         data = payload[0] if len(payload) == 1 else b"".join(payload)
         self.traffic.up += len(data)

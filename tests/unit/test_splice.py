@@ -144,3 +144,27 @@ def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> 
         end, written = pool.submit(asyncio.run, scenario()).result(timeout=10)
     assert end is RelayEnd.BACKEND_CLOSED
     assert written == bytes((0x82, 12)) + b"RFB 003.008\n"
+
+
+def test_nothing_after_a_session_ending_frame_reaches_the_vnc_server() -> None:
+    """A text frame ends the session (4302): binary frames behind it in the same read are
+    not the session's any more and must not be written to the VNC server."""
+    from broker.backend import BackendConnection
+
+    async def scenario() -> tuple[RelayEnd, bytes]:
+        protocol = protocol_with_handshake_done()
+        backend = BackendConnection()
+        vnc = BrowserTransport()  # stands in for the VNC side
+        backend.connection_made(vnc)  # type: ignore[arg-type]
+        relaying = asyncio.ensure_future(protocol.splice(backend, stop=asyncio.get_running_loop().create_future()))
+        await asyncio.sleep(0)
+        key = os.urandom(4)
+        protocol.data_received(
+            frame(0x2, b"before", key=key) + frame(0x1, b"text", key=key) + frame(0x2, b"AFTER", key=key)
+        )
+        return await relaying, vnc.written
+
+    with ThreadPoolExecutor(1) as pool:
+        end, written = pool.submit(asyncio.run, scenario()).result(timeout=10)
+    assert end is RelayEnd.CLIENT_SENT_TEXT
+    assert written == b"before"
