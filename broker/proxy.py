@@ -18,7 +18,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Peers of a UNIX socket have no address; "unix" in trusted_proxies names them.
 UNIX_PEER = "unix"
-_SAFE_PREFIX = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
+# Path segments of unreserved characters only: the prefix goes into links and into the
+# cookie's Path, where `;`, `=` or `,` would start another attribute or value.
+_SAFE_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 _SAFE_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
