@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .graphics import parse_target
+from .tokens import MIN_TTL
 from .limits import SessionLimits
 
 DEFAULT_STATE_DIR = Path("/var/lib/vm-console-broker")
@@ -154,6 +155,8 @@ def _validate(raw: dict[str, Any]) -> Settings:
             host, port = "", 0
         if not host or not 0 < port < 65536:
             raise ConfigError(f"listen must be HOST:PORT with a port from 1 to 65535, got {s.listen!r}")
+    if s.token_ttl < MIN_TTL:
+        raise ConfigError(f"token_ttl must be at least {MIN_TTL:g} s, got {s.token_ttl:g}")
     if s.token_ttl > s.token_max_ttl:
         raise ConfigError(f"token_ttl ({s.token_ttl:g}) is larger than token_max_ttl ({s.token_max_ttl:g})")
     if s.public_url and not s.public_url.startswith(("http://", "https://")):

@@ -19,6 +19,9 @@ from typing import Callable, Protocol
 from .errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING, TOKEN_REVOKED, TOKEN_USED, BrokerError
 
 TOKEN_BYTES = 32
+# The shortest lifetime a link may be given: one that expires before anyone can open it
+# is a mistake, answered 422 rather than 201.
+MIN_TTL = 1.0
 # token_urlsafe(32) gives 43 characters of [A-Za-z0-9_-]; anything else is forged.
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -137,8 +140,8 @@ class Tokens:
     def check_ttl(self, ttl: float | None) -> float:
         if ttl is None:
             return self.default_ttl
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= self.max_ttl:
-            raise ValueError(f"ttl must be a number of seconds greater than 0 and at most {self.max_ttl:g}")
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not MIN_TTL <= ttl <= self.max_ttl:
+            raise ValueError(f"ttl must be a number of seconds from {MIN_TTL:g} to {self.max_ttl:g}")
         return float(ttl)
 
     def redeem(self, token: str | None) -> Grant:

@@ -196,6 +196,7 @@ def test_console_for_a_vnc_device_without_port_is_no_console(api, define_domain)
         b'{"ttl": 1e400}',
         b'{"ttl": NaN}',
         b'{"ttl": 0}',
+        b'{"ttl": 0.001}',
         b'{"ttl": -5}',
         b'{"ttl": "30"}',
         b'{"ttl": true}',

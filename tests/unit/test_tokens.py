@@ -86,7 +86,7 @@ def test_configured_default_and_max_ttl(store: MemoryTokenStore, clock: FakeCloc
         tokens.mint(REF, "vm", 11)
 
 
-@pytest.mark.parametrize("ttl", [600.001, 3600, float("inf"), 0, 0.0, -1, -0.5, float("nan"), True, False, "60", b"60", [60]])
+@pytest.mark.parametrize("ttl", [600.001, 3600, float("inf"), 0, 0.0, 0.001, 0.999, -1, -0.5, float("nan"), True, False, "60", b"60", [60]])
 def test_bad_ttl_is_a_value_error(tokens: Tokens, store: MemoryTokenStore, ttl: object) -> None:
     with pytest.raises(ValueError, match="ttl"):
         tokens.mint(REF, "vm", ttl)  # type: ignore[arg-type]
