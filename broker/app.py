@@ -17,6 +17,8 @@ from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -103,6 +105,7 @@ class Broker:
         *,
         sessions: ConsoleSessions | None = None,
         allowed_origins: tuple[str, ...] = (),
+        allowed_hosts: tuple[str, ...] = (),
         web_dir: Path = WEB_DIR,
         limits: SessionLimits = SessionLimits(),
     ) -> None:
@@ -114,6 +117,7 @@ class Broker:
         self.api_keys = tuple(k.encode() for k in api_keys)
         self.public_url = public_url
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self.allowed_hosts = allowed_hosts
         self.web_dir = web_dir
         self.limits = limits
         self.mint_limiter = RateLimiter(limits.mint_rate, limits.mint_burst)
@@ -449,8 +453,12 @@ def create_app(broker: Broker) -> Starlette:
         yield
         watcher.cancel()
 
+    # Without public_url the broker's own origin (the Origin check) and its links come from
+    # the Host header: a DNS-rebinding page would pass as "our own". allowed_hosts pins it.
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(broker.allowed_hosts), www_redirect=False)]
     app = Starlette(
         routes=routes,
+        middleware=middleware if broker.allowed_hosts else None,
         exception_handlers={BrokerError: _broker_error, HTTPException: _http_error},
         lifespan=lifespan,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ class Settings:
     session_window: float = 600.0
     trusted_proxies: tuple[str, ...] = ("unix",)
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     max_message_size: int = 1024 * 1024
@@ -132,6 +134,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             session_window=_positive("session_window", raw.get("session_window", s.session_window)),
             trusted_proxies=_proxies(raw.get("trusted_proxies", s.trusted_proxies)),
             allowed_origins=_origins(raw.get("allowed_origins", s.allowed_origins)),
+            allowed_hosts=_hosts(raw.get("allowed_hosts", s.allowed_hosts)),
             ping_interval=_non_negative("ping_interval", raw.get("ping_interval", s.ping_interval)),
             ping_timeout=_positive("ping_timeout", raw.get("ping_timeout", s.ping_timeout)),
             max_message_size=int(_positive("max_message_size", raw.get("max_message_size", s.max_message_size))),
@@ -234,6 +237,19 @@ def _origins(value: Any) -> tuple[str, ...]:
         if not origin.startswith(("http://", "https://")) or origin.count("/") > 2:
             raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://panel.example.com")
     return origins
+
+
+_HOST_PATTERN = re.compile(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\]")
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    """Host names (no port) the broker answers to; `*.example.com` for every subdomain,
+    IPv6 addresses in brackets as in a Host header."""
+    hosts = _list(value)
+    for host in hosts:
+        if not _HOST_PATTERN.fullmatch(host):
+            raise ValueError(f"allowed_hosts: {host!r} is not a host name like console.example.com or *.example.com")
+    return hosts
 
 
 def _static_consoles(value: Any) -> dict[str, str]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import logging.config
 import os
 import resource
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -132,6 +134,8 @@ def serve(settings: Settings) -> None:
     consoles = CombinedConsoles(StaticConsoles(targets), LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout))
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
     sessions = ConsoleSessions(MemoryTokenStore(), window=settings.session_window)
+    sock, where = bind_socket(settings)
+    uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
     broker = Broker(
         consoles,
         tokens,
@@ -139,10 +143,11 @@ def serve(settings: Settings) -> None:
         settings.public_url,
         sessions=sessions,
         allowed_origins=settings.allowed_origins,
+        # Requests on the CLI socket come with the broker's own address as Host.
+        allowed_hosts=settings.allowed_hosts + (cli_host(where),) if settings.allowed_hosts else (),
         limits=settings.limits,
     )
-    sock, where = bind_socket(settings)
-    uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
+    warn_if_any_host_is_trusted(settings)
     cli_path = cli_socket_path(settings.state_dir)
     try:
         cli_sock = bind_unix_socket(cli_path, 0o600)
@@ -186,6 +191,32 @@ def serve(settings: Settings) -> None:
         remove_server_file(server_file, os.getpid())
         _remove_if_ours(settings.uds, uds_file)
         _remove_if_ours(str(cli_path), cli_file)
+
+
+def cli_host(where: dict[str, str]) -> str:
+    """The Host the CLI socket's requests carry (CliSocketRequests): the TCP address's host."""
+    netloc = urlsplit(where.get("url") or "http://localhost").netloc
+    host, _, port = netloc.rpartition(":")
+    return host if port.isdigit() and host else netloc
+
+
+def warn_if_any_host_is_trusted(settings: Settings) -> None:
+    """Listening beyond loopback with neither public_url nor allowed_hosts, the broker takes
+    its own origin (the Origin check) and its links' host from whatever Host a request
+    names, so a DNS-rebinding page counts as the broker's own origin: say so at start."""
+    if settings.uds or settings.public_url or settings.allowed_hosts:
+        return
+    host = settings.host_port[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        log.warning(
+            "listening on %s with neither public_url nor allowed_hosts: any Host header is taken as the "
+            "broker's own name (DNS rebinding); set public_url or allowed_hosts",
+            settings.listen,
+        )
 
 
 def _remove_if_ours(path: str | None, ours: os.stat_result | None) -> None:
