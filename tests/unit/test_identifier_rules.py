@@ -15,7 +15,7 @@ from broker.consoles import MAX_IDENTIFIER_LENGTH, Identifier, LibvirtConsoles
 from broker.errors import INVALID_INPUT, BrokerError
 from broker.graphics import TcpEndpoint
 from broker.static import CombinedConsoles, StaticConsoles
-from unit_support import AUTH, TEST_URI, mute, vnc_graphics
+from unit_support import AUTH, TEST_URI, mute, run_async, vnc_graphics
 
 UUID = "6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11"
 
@@ -102,7 +102,7 @@ def test_a_static_console_named_like_a_domains_uuid_does_not_shadow_it(define_do
         assert caught.value.failure is INVALID_INPUT
 
     try:
-        asyncio.run(scenario())
+        run_async(scenario())
     finally:
         mute(libvirt_consoles)
         consoles.close()

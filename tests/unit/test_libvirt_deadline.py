@@ -18,7 +18,7 @@ from broker import consoles as consoles_module
 from broker.config import ConfigError, load_settings
 from broker.consoles import LibvirtConsoles
 from broker.errors import LIBVIRT_UNAVAILABLE, BrokerError
-from unit_support import TEST_URI, mute
+from unit_support import TEST_URI, mute, run_async
 
 DEADLINE = 0.3
 
@@ -51,7 +51,7 @@ def test_a_stuck_call_is_libvirt_unavailable_at_the_deadline_and_the_next_call_w
         assert ok, detail
 
     try:
-        asyncio.run(scenario())
+        run_async(scenario())
     finally:
         release.set()
         mute(consoles)
@@ -73,7 +73,7 @@ def test_calls_queued_behind_a_stuck_one_fail_with_it_not_each_at_its_own_deadli
         assert time.monotonic() - started < DEADLINE + 0.5
 
     try:
-        asyncio.run(scenario())
+        run_async(scenario())
     finally:
         release.set()
         mute(consoles)
@@ -100,7 +100,7 @@ def test_stuck_threads_are_bounded_and_calls_resume_when_one_returns() -> None:
             await asyncio.sleep(0.05)
 
     try:
-        asyncio.run(scenario())
+        run_async(scenario())
     finally:
         for release in releases:
             release.set()
@@ -125,7 +125,7 @@ def test_a_file_descriptor_returned_after_the_deadline_is_closed() -> None:
             await consoles.run(late_fd, discard=os.close)
 
     try:
-        asyncio.run(scenario())
+        run_async(scenario())
         release.set()
         assert returned.wait(5)
         deadline = time.monotonic() + 5
@@ -168,7 +168,7 @@ def test_a_file_descriptor_returned_after_its_caller_was_cancelled_is_closed() -
             await task
 
     try:
-        asyncio.run(scenario())
+        run_async(scenario())
         release.set()
         deadline = time.monotonic() + 5
         while True:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Coroutine, TypeVar
 
 from broker.consoles import LibvirtConsoles
+
+T = TypeVar("T")
 
 TEST_URI = "test:///default"
 API_KEY = "k" * 32
@@ -95,3 +100,10 @@ def mute(consoles: LibvirtConsoles) -> None:
     ("RuntimeError: Event loop is closed" on libvirt's event thread).
     """
     consoles._on_ended.clear()
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run() in a thread of its own: in the whole suite, Playwright's sync API
+    (tests/e2e) leaves an event loop running in the main thread, where asyncio.run() fails."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=60)
