@@ -23,6 +23,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .consoles import DomainInfo, Stream
@@ -59,6 +60,27 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'self'",
 }
+
+# Static files may be cached, but never sniffed into another type, and an HTML file among
+# them runs under the page's policy.
+STATIC_HEADERS = {k: v for k, v in PAGE_HEADERS.items() if k != "Cache-Control"}
+
+
+class WithHeaders:
+    """An ASGI app's responses, with `headers` added (Starlette's StaticFiles takes none)."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
 
 # How long a backend EOF may wait for libvirt to report the domain stopped before
 # we call it "the VNC server closed the connection" instead.
@@ -444,9 +466,9 @@ def create_app(broker: Broker) -> Starlette:
     ]
     novnc = broker.web_dir / "node_modules" / "@novnc" / "novnc"
     if novnc.is_dir():
-        routes.append(Mount("/static/novnc", StaticFiles(directory=novnc)))
+        routes.append(Mount("/static/novnc", WithHeaders(StaticFiles(directory=novnc), STATIC_HEADERS)))
     if (broker.web_dir / "public").is_dir():
-        routes.append(Mount("/static", StaticFiles(directory=broker.web_dir / "public")))
+        routes.append(Mount("/static", WithHeaders(StaticFiles(directory=broker.web_dir / "public"), STATIC_HEADERS)))
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         watcher = asyncio.create_task(broker.watch_libvirt())
