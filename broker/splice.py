@@ -223,10 +223,6 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             if self._after_close > AFTER_CLOSE_LIMIT:
                 self._abort()
                 return
-        self._data_received(data)
-        self._bound_close()
-
-    def _data_received(self, data: bytes) -> None:
         sink = self._sink
         reader = self._reader
         if sink is None:
@@ -292,6 +288,11 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_close(event)
         if self._sink is not None:
             self._sink.finish(RelayEnd.CLIENT_CLOSED)
+        self._bound_close()
+
+    def handle_parser_exception(self) -> None:
+        super().handle_parser_exception()
+        self._bound_close()
 
     def keepalive_timeout(self) -> None:
         """uvicorn sends 1011 and closes gracefully; but a browser that stopped reading never
