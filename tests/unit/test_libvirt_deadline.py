@@ -11,6 +11,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -31,6 +32,50 @@ def stuck_until(release: threading.Event, result: object = None):
     return call
 
 
+class Hung:
+    """A LibvirtConsoles with a short deadline, and Events that stand for libvirtd answering;
+    at the end every Event is set (nothing stays stuck) and the consoles are closed."""
+
+    def __init__(self, timeout: float = DEADLINE) -> None:
+        self.consoles = LibvirtConsoles(TEST_URI, timeout=timeout)
+        self.releases: list[threading.Event] = []
+
+    def release(self) -> threading.Event:
+        self.releases.append(threading.Event())
+        return self.releases[-1]
+
+    def close(self) -> None:
+        for release in self.releases:
+            release.set()
+        mute(self.consoles)
+        self.consoles.close()
+
+
+@pytest.fixture
+def hung() -> Iterator[Hung]:
+    made: list[Hung] = []
+
+    def make(timeout: float = DEADLINE) -> Hung:
+        made.append(Hung(timeout))
+        return made[-1]
+
+    yield make  # type: ignore[misc]
+    for h in made:
+        h.close()
+
+
+def wait_until_closed(fd: int, message: str) -> None:
+    """Wait for the broker's discard callback to close `fd` (it runs on the worker thread)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
+
+
 async def unavailable(consoles: LibvirtConsoles, fn) -> tuple[BrokerError, float]:
     started = time.monotonic()
     with pytest.raises(BrokerError) as caught:
@@ -38,9 +83,9 @@ async def unavailable(consoles: LibvirtConsoles, fn) -> tuple[BrokerError, float
     return caught.value, time.monotonic() - started
 
 
-def test_a_stuck_call_is_libvirt_unavailable_at_the_deadline_and_the_next_call_works() -> None:
-    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
-    release = threading.Event()
+def test_a_stuck_call_is_libvirt_unavailable_at_the_deadline_and_the_next_call_works(hung) -> None:
+    h = hung()
+    consoles, release = h.consoles, h.release()
 
     async def scenario() -> None:
         error, elapsed = await unavailable(consoles, stuck_until(release))
@@ -50,17 +95,12 @@ def test_a_stuck_call_is_libvirt_unavailable_at_the_deadline_and_the_next_call_w
         ok, detail = await consoles.healthy()
         assert ok, detail
 
-    try:
-        run_async(scenario())
-    finally:
-        release.set()
-        mute(consoles)
-        consoles.close()
+    run_async(scenario())
 
 
-def test_calls_queued_behind_a_stuck_one_fail_with_it_not_each_at_its_own_deadline() -> None:
-    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
-    release = threading.Event()
+def test_calls_queued_behind_a_stuck_one_fail_with_it_not_each_at_its_own_deadline(hung) -> None:
+    h = hung()
+    consoles, release = h.consoles, h.release()
 
     async def scenario() -> None:
         started = time.monotonic()
@@ -72,17 +112,13 @@ def test_calls_queued_behind_a_stuck_one_fail_with_it_not_each_at_its_own_deadli
         assert all(isinstance(r, BrokerError) and r.failure is LIBVIRT_UNAVAILABLE for r in results), results
         assert time.monotonic() - started < DEADLINE + 0.5
 
-    try:
-        run_async(scenario())
-    finally:
-        release.set()
-        mute(consoles)
-        consoles.close()
+    run_async(scenario())
 
 
-def test_stuck_threads_are_bounded_and_calls_resume_when_one_returns() -> None:
-    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
-    releases = [threading.Event() for _ in range(consoles_module.MAX_STUCK_WORKERS)]
+def test_stuck_threads_are_bounded_and_calls_resume_when_one_returns(hung) -> None:
+    h = hung()
+    consoles = h.consoles
+    releases = [h.release() for _ in range(consoles_module.MAX_STUCK_WORKERS)]
 
     async def scenario() -> None:
         for release in releases:
@@ -99,19 +135,13 @@ def test_stuck_threads_are_bounded_and_calls_resume_when_one_returns() -> None:
             assert time.monotonic() < deadline, "calls never resumed after a stuck one returned"
             await asyncio.sleep(0.05)
 
-    try:
-        run_async(scenario())
-    finally:
-        for release in releases:
-            release.set()
-        mute(consoles)
-        consoles.close()
+    run_async(scenario())
 
 
-def test_a_file_descriptor_returned_after_the_deadline_is_closed() -> None:
+def test_a_file_descriptor_returned_after_the_deadline_is_closed(hung) -> None:
     """openGraphicsFD answering late must not leak the descriptor nobody waits for any more."""
-    consoles = LibvirtConsoles(TEST_URI, timeout=DEADLINE)
-    release = threading.Event()
+    h = hung()
+    consoles, release = h.consoles, h.release()
     read_end, write_end = os.pipe()
     returned = threading.Event()
 
@@ -128,19 +158,9 @@ def test_a_file_descriptor_returned_after_the_deadline_is_closed() -> None:
         run_async(scenario())
         release.set()
         assert returned.wait(5)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                os.fstat(write_end)
-            except OSError:
-                break  # closed by the discard callback
-            assert time.monotonic() < deadline, "the late descriptor was never closed"
-            time.sleep(0.01)
+        wait_until_closed(write_end, "the late descriptor was never closed")
     finally:
-        release.set()
         os.close(read_end)
-        mute(consoles)
-        consoles.close()
 
 
 def test_libvirt_timeout_setting() -> None:
@@ -151,9 +171,9 @@ def test_libvirt_timeout_setting() -> None:
             load_settings(environ={"BROKER_LIBVIRT_TIMEOUT": bad})
 
 
-def test_a_file_descriptor_returned_after_its_caller_was_cancelled_is_closed() -> None:
-    consoles = LibvirtConsoles(TEST_URI, timeout=5.0)
-    release = threading.Event()
+def test_a_file_descriptor_returned_after_its_caller_was_cancelled_is_closed(hung) -> None:
+    h = hung(timeout=5.0)
+    consoles, release = h.consoles, h.release()
     read_end, write_end = os.pipe()
 
     def late_fd(_conn: object) -> int:
@@ -170,16 +190,6 @@ def test_a_file_descriptor_returned_after_its_caller_was_cancelled_is_closed() -
     try:
         run_async(scenario())
         release.set()
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                os.fstat(write_end)
-            except OSError:
-                break
-            assert time.monotonic() < deadline, "the descriptor of a cancelled call was never closed"
-            time.sleep(0.01)
+        wait_until_closed(write_end, "the descriptor of a cancelled call was never closed")
     finally:
-        release.set()
         os.close(read_end)
-        mute(consoles)
-        consoles.close()
