@@ -41,10 +41,30 @@ BASE = "broker-base"
 MiB = 1024 * 1024
 
 SIZES = {
-    "full": dict(reps=3, down=256 * MiB, up=64 * MiB, frame=64 * 1024, flood=200_000, rtt=1000, setup=200,
-                 conc_seconds=5.0, levels=(1, 10, 50, 100, 200, 1000), quiet_wait=(10.0, 240.0)),
-    "quick": dict(reps=1, down=32 * MiB, up=16 * MiB, frame=64 * 1024, flood=20_000, rtt=300, setup=30,
-                  conc_seconds=2.0, levels=(1, 10, 100, 200), quiet_wait=(2.0, 20.0)),
+    "full": dict(
+        reps=3,
+        down=256 * MiB,
+        up=64 * MiB,
+        frame=64 * 1024,
+        flood=200_000,
+        rtt=1000,
+        setup=200,
+        conc_seconds=5.0,
+        levels=(1, 10, 50, 100, 200, 1000),
+        quiet_wait=(10.0, 240.0),
+    ),
+    "quick": dict(
+        reps=1,
+        down=32 * MiB,
+        up=16 * MiB,
+        frame=64 * 1024,
+        flood=20_000,
+        rtt=300,
+        setup=30,
+        conc_seconds=2.0,
+        levels=(1, 10, 100, 200),
+        quiet_wait=(2.0, 20.0),
+    ),
 }
 
 
@@ -96,8 +116,11 @@ class Bench:
             config = self.logs / f"{arm}.toml"
             config.write_text(broker_config(port, self.backend_port, self.backend_sock, self.logs / f"state-{arm}"))
             if arm == BASE:  # -P: import broker from PYTHONPATH, not from the working directory
-                proc = Proc([str(BROKER.parent / "python"), "-P", "-m", "broker", "serve", "--config", str(config)], log,
-                            env={**os.environ, "PYTHONPATH": str(self.base_tree)})
+                proc = Proc(
+                    [str(BROKER.parent / "python"), "-P", "-m", "broker", "serve", "--config", str(config)],
+                    log,
+                    env={**os.environ, "PYTHONPATH": str(self.base_tree)},
+                )
             else:
                 proc = Proc([str(BROKER), "serve", "--config", str(config)], log)
             console = "bench-unix" if unix else "bench-tcp"
@@ -109,8 +132,14 @@ class Bench:
     # -- one measurement ------------------------------------------------------------
 
     def client(self, mode: str, target: str, *args: object, timeout: float = 600, input: str = "") -> dict:
-        done = subprocess.run([CLIENT, mode, target, *map(str, args)], capture_output=True, text=True, input=input,
-                              env={**os.environ, "BENCH_API_KEY": API_KEY}, timeout=timeout)
+        done = subprocess.run(
+            [CLIENT, mode, target, *map(str, args)],
+            capture_output=True,
+            text=True,
+            input=input,
+            env={**os.environ, "BENCH_API_KEY": API_KEY},
+            timeout=timeout,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"client {mode} {target} failed: {done.stderr.strip()}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -132,9 +161,13 @@ class Bench:
         try:
             time.sleep(0.3)
             baseline = relay.memory()
-            client = subprocess.Popen([CLIENT, "conc", relay.target, str(sessions), str(self.sizes["conc_seconds"]), "16"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                      env={**os.environ, "BENCH_API_KEY": API_KEY})
+            client = subprocess.Popen(
+                [CLIENT, "conc", relay.target, str(sessions), str(self.sizes["conc_seconds"]), "16"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "BENCH_API_KEY": API_KEY},
+            )
             try:
                 result = json.loads(client.stdout.readline())
                 time.sleep(0.5)  # websockify's last children may still be starting
@@ -200,16 +233,31 @@ class Bench:
                 arms = ARMS + (FLOOR,) if name in FLOOR_WORKLOADS else ARMS
                 if self.base_tree:
                     arms += (BASE,)
-                for arm in arms[rep % len(arms):] + arms[:rep % len(arms)]:  # rotated: drift spreads over the arms
+                for arm in arms[rep % len(arms) :] + arms[: rep % len(arms)]:  # rotated: drift spreads over the arms
                     run(arm, rep)
 
     def profile(self, name: str, load) -> dict:
         """py-spy on a fresh broker while `load(relay)` runs; collapsed stacks in OUT/profile-NAME.txt."""
         relay = self.start("broker")
         raw = self.out / f"profile-{name}.txt"
-        spy = subprocess.Popen([str(PYSPY), "record", "--pid", str(relay.proc.pid), "--rate", "250", "--nolineno",
-                                "--format", "raw", "--output", str(raw)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spy = subprocess.Popen(
+            [
+                str(PYSPY),
+                "record",
+                "--pid",
+                str(relay.proc.pid),
+                "--rate",
+                "250",
+                "--nolineno",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             time.sleep(1.0)  # py-spy attaches
             t0, cpu0 = time.monotonic(), relay.cpu()
@@ -297,18 +345,36 @@ def machine() -> dict:
         except OSError:
             return "?"
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    versions = run(str(ROOT / ".venv/bin/python"), "-c",
-                   "import importlib.metadata as m, platform; print(platform.python_version(), *(p + '=' + m.version(p) "
-                   "for p in ('starlette', 'uvicorn', 'websockets', 'h11', 'libvirt-python')))").split()
-    peer = run(sys.executable, "-c", "import importlib.metadata as m; print(*(p + '=' + m.version(p) "
-               "for p in ('websockify', 'numpy', 'matplotlib', 'py-spy')))").split()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    versions = run(
+        str(ROOT / ".venv/bin/python"),
+        "-c",
+        "import importlib.metadata as m, platform; print(platform.python_version(), *(p + '=' + m.version(p) "
+        "for p in ('starlette', 'uvicorn', 'websockets', 'h11', 'libvirt-python')))",
+    ).split()
+    peer = run(
+        sys.executable,
+        "-c",
+        "import importlib.metadata as m; print(*(p + '=' + m.version(p) "
+        "for p in ('websockify', 'numpy', 'matplotlib', 'py-spy')))",
+    ).split()
     return {
-        "nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
-        "broker_python": versions[0] if versions else "?", "broker_packages": versions[1:],
-        "bench_python": platform.python_version(), "peer_packages": peer,
-        "gcc": run("gcc", "-dumpfullversion"), "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "broker_python": versions[0] if versions else "?",
+        "broker_packages": versions[1:],
+        "bench_python": platform.python_version(),
+        "peer_packages": peer,
+        "gcc": run("gcc", "-dumpfullversion"),
+        "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
@@ -316,14 +382,20 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bash bench/run.sh", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1 repetition, smaller sizes (development)")
-    parser.add_argument("--out", type=Path, help="results folder (default bench/results, or /tmp/bench-quick with --quick)")
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default bench/results, or /tmp/bench-quick with --quick)"
+    )
     parser.add_argument("--only", help="comma-separated workloads: down,down_unix,up,flood,rtt,setup,conc")
     parser.add_argument("--levels", help="comma-separated session counts for the concurrency runs (default: by mode)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render results.md and the plot")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the broker")
     parser.add_argument("--reps", type=int, help="repetitions of each measurement (default: 3, or 1 with --quick)")
-    parser.add_argument("--base-tree", type=Path, metavar="DIR",
-                        help="also run the broker from this checkout (e.g. a git worktree of the commit before a change)")
+    parser.add_argument(
+        "--base-tree",
+        type=Path,
+        metavar="DIR",
+        help="also run the broker from this checkout (e.g. a git worktree of the commit before a change)",
+    )
     args = parser.parse_args()
     # Killed from outside (`timeout`, CI): unwind through the finally blocks that stop the
     # backend and relays, instead of leaving them running.
@@ -343,15 +415,23 @@ def main() -> None:
     out = args.out or (Path("/tmp/bench-quick") if args.quick else HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
-    sizes = dict(SIZES[mode], levels=tuple(int(n) for n in args.levels.split(","))) if args.levels else dict(SIZES[mode])
+    sizes = (
+        dict(SIZES[mode], levels=tuple(int(n) for n in args.levels.split(","))) if args.levels else dict(SIZES[mode])
+    )
     if args.reps:
         sizes["reps"] = args.reps
     if args.base_tree and not (args.base_tree / "broker" / "__init__.py").exists():
         sys.exit(f"bench: {args.base_tree} holds no broker/ package")
     bench = Bench(out=out, logs=logs, sizes=sizes, base_tree=args.base_tree.resolve() if args.base_tree else None)
     bench.backend_port, bench.backend_sock = free_port(), str(logs / "backend.sock")
-    info = {"mode": mode, "command": " ".join(["bash bench/run.sh", *sys.argv[1:]]), "machine": machine(),
-            "sizes": sizes, "logs": str(logs), "base_tree": str(bench.base_tree) if bench.base_tree else None}
+    info = {
+        "mode": mode,
+        "command": " ".join(["bash bench/run.sh", *sys.argv[1:]]),
+        "machine": machine(),
+        "sizes": sizes,
+        "logs": str(logs),
+        "base_tree": str(bench.base_tree) if bench.base_tree else None,
+    }
     print(f"bench: {mode} run, logs in {logs}", flush=True)
     started = time.monotonic()
     backend = Proc([str(BUILD / "backend"), str(bench.backend_port), bench.backend_sock], logs / "backend.log")

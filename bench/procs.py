@@ -31,7 +31,7 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s")
+                raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g}s") from None
             time.sleep(0.05)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 ARMS = ("direct", "websockify", "broker")
 FLOOR = "c-relay"  # the plain C forwarder (bench/relay.c), on the down and rtt workloads
 BASE = "broker-base"  # the broker from --base-tree
-GiB = 1024 ** 3
+GiB = 1024**3
 
 # (label, workload, key, unit, higher is better)
 ROWS = [
@@ -23,7 +23,13 @@ ROWS = [
     ("round trip 64 B, p99", "rtt", "rtt_p99_us", "µs", False),
     ("set-up (mint →) connect → first VNC byte, p50", "setup", "first_byte_p50_us", "µs", False),
     ("set-up, p99", "setup", "first_byte_p99_us", "µs", False),
-    ("set-up without the mint (WebSocket connect → first byte), p50", "setup", "connect_to_first_byte_p50_us", "µs", False),
+    (
+        "set-up without the mint (WebSocket connect → first byte), p50",
+        "setup",
+        "connect_to_first_byte_p50_us",
+        "µs",
+        False,
+    ),
 ]
 CONC_ROWS = [
     ("opened", "opened", "sessions", True),
@@ -61,7 +67,9 @@ def derive(r: dict) -> dict:
         r["relay_cpu_us_per_msg"] = 1e6 * r["relay_cpu_s"] / r["messages"]
     if r.get("opened") and "mem_loaded.pss_mib" in r:
         for kind in ("rss", "pss"):
-            r[f"{kind}_per_session_kib"] = 1024 * (r[f"mem_loaded.{kind}_mib"] - r[f"mem_baseline.{kind}_mib"]) / r["opened"]
+            r[f"{kind}_per_session_kib"] = (
+                1024 * (r[f"mem_loaded.{kind}_mib"] - r[f"mem_baseline.{kind}_mib"]) / r["opened"]
+            )
     return r
 
 
@@ -94,12 +102,16 @@ def get(m: dict, workload: str, arm: str, key: str) -> float | None:
 
 
 def table(m: dict) -> list[str]:
-    lines = ["| workload | unit | direct | websockify | broker | broker/websockify | broker/direct | websockify/direct |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | unit | direct | websockify | broker | broker/websockify | broker/direct | websockify/direct |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
 
     def row(label: str, unit: str, workload: str, key: str) -> None:
         d, w, b = (get(m, workload, arm, key) for arm in ARMS)
-        lines.append(f"| {label} | {unit} | {fmt(d)} | {fmt(w)} | {fmt(b)} | {ratio(b, w)} | {ratio(b, d)} | {ratio(w, d)} |")
+        lines.append(
+            f"| {label} | {unit} | {fmt(d)} | {fmt(w)} | {fmt(b)} | {ratio(b, w)} | {ratio(b, d)} | {ratio(w, d)} |"
+        )
 
     for label, workload, key, unit, _ in ROWS:
         row(label, unit, workload, key)
@@ -107,8 +119,10 @@ def table(m: dict) -> list[str]:
             for q in ("p50", "p99"):
                 d, w, b = (get(m, "rtt", arm, f"rtt_{q}_us") for arm in ARMS)
                 if None not in (d, w, b):
-                    lines.append(f"| round trip, latency added over direct, {q} | µs | 0 | {fmt(w - d)} | {fmt(b - d)} "
-                                 f"| {ratio(b - d, w - d)} | – | – |")
+                    lines.append(
+                        f"| round trip, latency added over direct, {q} | µs | 0 | {fmt(w - d)} | {fmt(b - d)} "
+                        f"| {ratio(b - d, w - d)} | – | – |"
+                    )
     for workload in sorted((w for w in m if w.startswith("conc")), key=lambda w: int(w[4:])):
         for label, key, unit, _ in CONC_ROWS:
             row(f"{workload[4:]} sessions: {label}", unit, workload, key)
@@ -118,32 +132,48 @@ def table(m: dict) -> list[str]:
 def floor_table(m: dict) -> list[str]:
     """Downstream beside the least any relay process can do here (bench/relay.c), and what
     each relay's CPU costs per GiB moved."""
-    lines = ["| workload | direct MiB/s | plain C relay MiB/s | broker MiB/s | C relay/direct | broker/direct "
-             "| broker/C relay | relay CPU s/GiB: websockify | C relay | broker |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | direct MiB/s | plain C relay MiB/s | broker MiB/s | C relay/direct | broker/direct "
+        "| broker/C relay | relay CPU s/GiB: websockify | C relay | broker |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for workload in ("down", "down_unix", "up"):
         if workload not in m:
             continue
         d, c, b = (get(m, workload, arm, "mib_s") for arm in ("direct", FLOOR, "broker"))
         cpu = [get(m, workload, arm, "relay_cpu_s_per_gib") for arm in ("websockify", FLOOR, "broker")]
-        lines.append(f"| {workload} | {fmt(d)} | {fmt(c)} | {fmt(b)} | {ratio(c, d)} | {ratio(b, d)} | {ratio(b, c)} "
-                     f"| {' | '.join(fmt(x) for x in cpu)} |")
+        lines.append(
+            f"| {workload} | {fmt(d)} | {fmt(c)} | {fmt(b)} | {ratio(c, d)} | {ratio(b, d)} | {ratio(b, c)} "
+            f"| {' | '.join(fmt(x) for x in cpu)} |"
+        )
     if "rtt" in m:
-        lines += ["", "| round trip 64 B: latency added over direct | websockify µs | plain C relay µs | broker µs "
-                  "| C relay/websockify | broker/websockify |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| round trip 64 B: latency added over direct | websockify µs | plain C relay µs | broker µs "
+            "| C relay/websockify | broker/websockify |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for q in ("p50", "p99"):
             d, w, c, b = (get(m, "rtt", arm, f"rtt_{q}_us") for arm in ("direct", "websockify", FLOOR, "broker"))
             if None not in (d, w, c, b):
-                lines.append(f"| {q} | {fmt(w - d)} | {fmt(c - d)} | {fmt(b - d)} | {ratio(c - d, w - d)} | {ratio(b - d, w - d)} |")
+                cells = (q, fmt(w - d), fmt(c - d), fmt(b - d), ratio(c - d, w - d), ratio(b - d, w - d))
+                lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def base_table(m: dict) -> list[str]:
     """The broker beside the broker of --base-tree, workload by workload."""
     lines = ["| workload | figure | broker-base | broker | broker/broker-base |", "| --- | --- | ---: | ---: | ---: |"]
-    figures = [("mib_s", "MiB/s"), ("msg_s", "msg/s"), ("rtt_p50_us", "p50 µs"), ("rtt_p99_us", "p99 µs"),
-               ("first_byte_p50_us", "set-up p50 µs"), ("relay_cpu_s_per_gib", "relay CPU s/GiB"),
-               ("relay_cpu_us_per_msg", "relay CPU µs/echo"), ("mem_loaded.rss_mib", "relay RSS MiB")]
+    figures = [
+        ("mib_s", "MiB/s"),
+        ("msg_s", "msg/s"),
+        ("rtt_p50_us", "p50 µs"),
+        ("rtt_p99_us", "p99 µs"),
+        ("first_byte_p50_us", "set-up p50 µs"),
+        ("relay_cpu_s_per_gib", "relay CPU s/GiB"),
+        ("relay_cpu_us_per_msg", "relay CPU µs/echo"),
+        ("mem_loaded.rss_mib", "relay RSS MiB"),
+    ]
     for workload in m:
         for key, label in figures:
             a, b = get(m, workload, BASE, key), get(m, workload, "broker", key)
@@ -154,6 +184,7 @@ def base_table(m: dict) -> list[str]:
 
 def targets(m: dict) -> list[tuple[str, str, str, bool | None]]:
     """(target, required, measured, met) for the goals set for the broker."""
+
     def v(workload: str, arm: str, key: str) -> float | None:
         return get(m, workload, arm, key)
 
@@ -194,28 +225,36 @@ def scaling(m: dict) -> list[tuple[int, dict]]:
 
 
 def scaling_table(m: dict) -> list[str]:
-    lines = ["| sessions | broker CPU µs/echo | broker CPU % | broker ΔRSS KiB/session | broker ΔPSS KiB/session "
-             "| broker RSS MiB | websockify CPU µs/echo | websockify ΔPSS KiB/session | client CPU % (broker arm) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| sessions | broker CPU µs/echo | broker CPU % | broker ΔRSS KiB/session | broker ΔPSS KiB/session "
+        "| broker RSS MiB | websockify CPU µs/echo | websockify ΔPSS KiB/session | client CPU % (broker arm) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for n, arms in scaling(m):
         b, w = arms.get("broker", {}), arms.get("websockify", {})
-        lines.append(f"| {n} | {fmt(b.get('relay_cpu_us_per_msg'))} | {fmt(b.get('relay_cpu_pct'))} "
-                     f"| {fmt(b.get('rss_per_session_kib'))} | {fmt(b.get('pss_per_session_kib'))} "
-                     f"| {fmt(b.get('mem_loaded.rss_mib'))} | {fmt(w.get('relay_cpu_us_per_msg'))} "
-                     f"| {fmt(w.get('pss_per_session_kib'))} | {fmt(b.get('client_cpu_pct'))} |")
+        lines.append(
+            f"| {n} | {fmt(b.get('relay_cpu_us_per_msg'))} | {fmt(b.get('relay_cpu_pct'))} "
+            f"| {fmt(b.get('rss_per_session_kib'))} | {fmt(b.get('pss_per_session_kib'))} "
+            f"| {fmt(b.get('mem_loaded.rss_mib'))} | {fmt(w.get('relay_cpu_us_per_msg'))} "
+            f"| {fmt(w.get('pss_per_session_kib'))} | {fmt(b.get('client_cpu_pct'))} |"
+        )
     return lines
 
 
 def cpu_table(m: dict) -> list[str]:
     """Who used the CPU during each workload: shows whether the client could have been the bottleneck."""
-    lines = ["| workload | arm | seconds | client CPU % | relay CPU % | other processes' CPU % |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| workload | arm | seconds | client CPU % | relay CPU % | other processes' CPU % |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for workload in m:
         for arm in (*ARMS, FLOOR, BASE):
             x = m[workload].get(arm)
             if x and "seconds" in x:
-                lines.append(f"| {workload} | {arm} | {fmt(x['seconds'])} | {fmt(x.get('client_cpu_pct'))} "
-                             f"| {fmt(x.get('relay_cpu_pct'))} | {fmt(x.get('other_cpu_pct'))} |")
+                lines.append(
+                    f"| {workload} | {arm} | {fmt(x['seconds'])} | {fmt(x.get('client_cpu_pct'))} "
+                    f"| {fmt(x.get('relay_cpu_pct'))} | {fmt(x.get('other_cpu_pct'))} |"
+                )
     return lines
 
 
@@ -228,18 +267,26 @@ def plot(m: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     # Memory: the broker is one process, so its RSS growth is its cost; websockify's forks share
     # pages, so for it the honest sum is PSS (its RSS sum counts the shared pages once per child).
-    for arm, style, mem_key, mem_label in (("broker", "o-", "rss_per_session_kib", "broker (ΔRSS)"),
-                                           ("websockify", "s--", "pss_per_session_kib", "websockify (ΔPSS)")):
+    for arm, style, mem_key, mem_label in (
+        ("broker", "o-", "rss_per_session_kib", "broker (ΔRSS)"),
+        ("websockify", "s--", "pss_per_session_kib", "websockify (ΔPSS)"),
+    ):
         points = [(n, arms[arm]) for n, arms in scaling(m) if arm in arms]
         if not points:
             continue
-        ax1.plot([n for n, _ in points], [x.get("relay_cpu_us_per_msg", float("nan")) for _, x in points], style, label=arm)
+        ax1.plot(
+            [n for n, _ in points], [x.get("relay_cpu_us_per_msg", float("nan")) for _, x in points], style, label=arm
+        )
         ax2.plot([n for n, _ in points], [x.get(mem_key, float("nan")) for _, x in points], style, label=mem_label)
     ax1.set_ylim(bottom=0)
     ax1.set(xscale="log", xlabel="open sessions", ylabel="relay CPU per echo (µs)", title="CPU per message")
     ax2.set_yscale("symlog", linthresh=10)
-    ax2.set(xscale="log", xlabel="open sessions", ylabel="relay memory per session (KiB)",
-            title="Memory per session (growth over the idle relay)")
+    ax2.set(
+        xscale="log",
+        xlabel="open sessions",
+        ylabel="relay memory per session (KiB)",
+        title="Memory per session (growth over the idle relay)",
+    )
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
@@ -274,8 +321,13 @@ def profile_summary(raw: Path, top: int = 15) -> list[str]:
         for f in set(frames):
             total[f] += n
     pct = lambda n: f"{100 * n / max(busy, 1):.1f}%"  # noqa: E731
-    lines = [f"Event-loop thread: {busy} samples busy, {idle} in epoll_wait (idle); {others} samples of other threads "
-             "left out. Percentages are of the busy samples.", "", "Self time by package:", ""]
+    lines = [
+        f"Event-loop thread: {busy} samples busy, {idle} in epoll_wait (idle); {others} samples of other threads "
+        "left out. Percentages are of the busy samples.",
+        "",
+        "Self time by package:",
+        "",
+    ]
     lines += [f"    {pct(n):>6}  {name}" for name, n in package.most_common()]
     lines += ["", f"Top {top} frames by self time:", ""]
     lines += [f"    {pct(n):>6}  {name}" for name, n in own.most_common(top)]
@@ -292,8 +344,11 @@ def short(frame: str) -> str:
 def where(frame: str) -> str:
     m = re.search(r"\(([^/)]+)", frame)
     name = m.group(1) if m else "?"
-    return name if name in {"broker", "uvicorn", "websockets", "starlette", "asyncio", "h11", "anyio"} else (
-        "stdlib/other: " + name)
+    return (
+        name
+        if name in {"broker", "uvicorn", "websockets", "starlette", "asyncio", "h11", "anyio"}
+        else ("stdlib/other: " + name)
+    )
 
 
 def write(out: Path, info: dict, results: list[dict]) -> None:
@@ -302,28 +357,60 @@ def write(out: Path, info: dict, results: list[dict]) -> None:
     if any(w.startswith("conc") for w in m):
         plot(m, out / "scaling.png")
     mach = info["machine"]
-    lines = [f"# Benchmark results ({info['mode']} run)", "",
-             f"`{info['command']}` — {mach['nproc']} CPUs ({mach['cpu']}), kernel {mach['kernel']}, "
-             f"broker on Python {mach['broker_python']} ({', '.join(mach['broker_packages'])}), "
-             f"peer: {', '.join(mach['peer_packages'])}; load average at start {' '.join(mach['loadavg_start'])}, "
-             f"at end {' '.join(mach['loadavg_end'])}; {info['duration_s']:.0f} s, of which "
-             f"{info.get('waited_for_quiet_s', 0):.0f} s waiting for other processes to quieten down.", "",
-             f"Medians of {info['sizes']['reps']} repetition(s), each with a fresh relay process.", ""]
-    lines += table(m) + ["", "## Targets (broker vs websockify, this run)", "",
-                         "| target | required | measured | met |", "| --- | --- | ---: | --- |"]
-    lines += [f"| {name} | {req} | {val} | {'yes' if ok else 'no' if ok is not None else '–'} |"
-              for name, req, val, ok in targets(m)]
-    lines += ["", "## Downstream beside the least a relay can do (plain C forwarder, bench/relay.c)", "",
-              *floor_table(m)]
+    lines = [
+        f"# Benchmark results ({info['mode']} run)",
+        "",
+        f"`{info['command']}` — {mach['nproc']} CPUs ({mach['cpu']}), kernel {mach['kernel']}, "
+        f"broker on Python {mach['broker_python']} ({', '.join(mach['broker_packages'])}), "
+        f"peer: {', '.join(mach['peer_packages'])}; load average at start {' '.join(mach['loadavg_start'])}, "
+        f"at end {' '.join(mach['loadavg_end'])}; {info['duration_s']:.0f} s, of which "
+        f"{info.get('waited_for_quiet_s', 0):.0f} s waiting for other processes to quieten down.",
+        "",
+        f"Medians of {info['sizes']['reps']} repetition(s), each with a fresh relay process.",
+        "",
+    ]
+    lines += table(m) + [
+        "",
+        "## Targets (broker vs websockify, this run)",
+        "",
+        "| target | required | measured | met |",
+        "| --- | --- | ---: | --- |",
+    ]
+    lines += [
+        f"| {name} | {req} | {val} | {'yes' if ok else 'no' if ok is not None else '–'} |"
+        for name, req, val, ok in targets(m)
+    ]
+    lines += [
+        "",
+        "## Downstream beside the least a relay can do (plain C forwarder, bench/relay.c)",
+        "",
+        *floor_table(m),
+    ]
     if any(BASE in arms for arms in m.values()):
         lines += ["", f"## The broker beside the broker of `{info.get('base_tree')}`", "", *base_table(m)]
-    lines += ["", "## Scaling: broker cost per session", "",
-              "Δ = growth over the same relay idle, before the sessions opened, divided by the sessions opened. The "
-              "broker's PSS moves with whatever else maps the same libraries, so its ΔRSS is the figure to read.", "",
-              *scaling_table(m), "", "![scaling](scaling.png)", "",
-              "## CPU use during each workload (medians)", "", *cpu_table(m)]
+    lines += [
+        "",
+        "## Scaling: broker cost per session",
+        "",
+        "Δ = growth over the same relay idle, before the sessions opened, divided by the sessions opened. The "
+        "broker's PSS moves with whatever else maps the same libraries, so its ΔRSS is the figure to read.",
+        "",
+        *scaling_table(m),
+        "",
+        "![scaling](scaling.png)",
+        "",
+        "## CPU use during each workload (medians)",
+        "",
+        *cpu_table(m),
+    ]
     for name, profile in info.get("profiles", {}).items():
-        lines += ["", f"## Profile of the broker: {name} workload (py-spy, {profile['rate_hz']} Hz)", "",
-                  f"{len(profile['runs'])} run(s) in {profile['wall_s']:.1f} s, broker CPU {profile['relay_cpu_s']:.2f} s; "
-                  f"collapsed stacks in `{profile['raw']}`.", "", *profile_summary(out / profile["raw"])]
+        lines += [
+            "",
+            f"## Profile of the broker: {name} workload (py-spy, {profile['rate_hz']} Hz)",
+            "",
+            f"{len(profile['runs'])} run(s) in {profile['wall_s']:.1f} s, broker CPU {profile['relay_cpu_s']:.2f} s; "
+            f"collapsed stacks in `{profile['raw']}`.",
+            "",
+            *profile_summary(out / profile["raw"]),
+        ]
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -10,9 +10,10 @@ import html
 import json
 import logging
 import math
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from starlette.applications import Starlette
@@ -129,7 +130,7 @@ class Broker:
         allowed_origins: tuple[str, ...] = (),
         allowed_hosts: tuple[str, ...] = (),
         web_dir: Path = WEB_DIR,
-        limits: SessionLimits = SessionLimits(),
+        limits: SessionLimits | None = None,
     ) -> None:
         if not api_keys:
             raise ValueError("at least one API key is required")
@@ -141,7 +142,7 @@ class Broker:
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.allowed_hosts = allowed_hosts
         self.web_dir = web_dir
-        self.limits = limits
+        self.limits = limits = limits or SessionLimits()
         self.mint_limiter = RateLimiter(limits.mint_rate, limits.mint_burst)
         # Live sessions by domain UUID, so they can be ended from outside with a reason.
         self.live: dict[str, set[LiveSession]] = {}
@@ -159,7 +160,10 @@ class Broker:
         if sessions or revoked or pages:
             log.info(
                 "domain %s ended: closing %d session(s), revoking %d unused link(s) and %d page session(s)",
-                uuid, len(sessions), revoked, pages,
+                uuid,
+                len(sessions),
+                revoked,
+                pages,
             )
 
     def end_all_sessions(self) -> int:
@@ -173,7 +177,9 @@ class Broker:
 
     async def healthz(self, request: Request) -> Response:
         ok, detail = await self.consoles.healthy()
-        return JSONResponse({"status": "ok" if ok else "unavailable", "libvirt": detail}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "libvirt": detail}, status_code=200 if ok else 503
+        )
 
     async def list_domains(self, request: Request) -> Response:
         self.authorize(request)
@@ -209,7 +215,9 @@ class Broker:
         client = request.client.host if request.client else "unknown"
         wait = self.failed_keys.wait(client)
         if wait:
-            raise BrokerError(RATE_LIMITED, "Too many requests with a wrong API key from this address.", retry_after=wait)
+            raise BrokerError(
+                RATE_LIMITED, "Too many requests with a wrong API key from this address.", retry_after=wait
+            )
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         presented = key.strip().encode()
         # Compare with every key (no early exit), so timing says nothing about which matched.
@@ -230,11 +238,13 @@ class Broker:
         self.failed_keys.allow(client)
         wait = self.failed_keys.wait(client)
         then = f"; its next API requests get 429 for {math.ceil(wait)} s" if wait else ""
-        log.warning("refused API request from %s to %s: no valid API key%s", _client(request), quote(request.url.path), then)
+        log.warning(
+            "refused API request from %s to %s: no valid API key%s", _client(request), quote(request.url.path), then
+        )
 
     def token_json(self, request: HTTPConnection, minted: MintedToken, domain: DomainInfo) -> dict[str, Any]:
         base = self.base_url(request)
-        ws_base = "ws" + base[len("http"):]
+        ws_base = "ws" + base[len("http") :]
         return {
             "token": minted.token,
             "console_url": f"{base}/console?token={minted.token}",
@@ -277,7 +287,9 @@ class Broker:
     async def console_page(self, request: Request) -> Response:
         page = self.web_dir / "public" / "console.html"
         if not page.is_file():
-            return HTMLResponse("The console page is not installed (web/public/console.html is missing).", status_code=503)
+            return HTMLResponse(
+                "The console page is not installed (web/public/console.html is missing).", status_code=503
+            )
         return FileResponse(page, headers=PAGE_HEADERS)
 
     async def console_session(self, request: Request) -> Response:
@@ -327,7 +339,11 @@ class Broker:
             await _close(websocket, exc)
             return
         limit = self.limits.max_session_length
-        timer = asyncio.get_running_loop().call_later(limit, session.end, BrokerError(SESSION_TIME_LIMIT)) if limit else None
+        timer = (
+            asyncio.get_running_loop().call_later(limit, session.end, BrokerError(SESSION_TIME_LIMIT))
+            if limit
+            else None
+        )
         traffic = Traffic()
         try:
             if stream.password:
@@ -404,7 +420,9 @@ class Broker:
         if end is RelayEnd.STOPPED:
             return session.reason
         if end is RelayEnd.IDLE:
-            return BrokerError(IDLE_TIMEOUT, f"The console was closed after {self.limits.idle_timeout:g} s without input.")
+            return BrokerError(
+                IDLE_TIMEOUT, f"The console was closed after {self.limits.idle_timeout:g} s without input."
+            )
         if end is RelayEnd.CLIENT_SENT_TEXT:
             return BrokerError(UNSUPPORTED_DATA)
         if end is RelayEnd.BACKEND_CLOSED:
@@ -469,6 +487,7 @@ def create_app(broker: Broker) -> Starlette:
         routes.append(Mount("/static/novnc", WithHeaders(StaticFiles(directory=novnc), STATIC_HEADERS)))
     if (broker.web_dir / "public").is_dir():
         routes.append(Mount("/static", WithHeaders(StaticFiles(directory=broker.web_dir / "public"), STATIC_HEADERS)))
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         watcher = asyncio.create_task(broker.watch_libvirt())
@@ -503,7 +522,9 @@ async def _broker_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": {"code": slug, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(
+        {"error": {"code": slug, "message": exc.detail}}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 MAX_BODY = 16 * 1024  # a console request is a few bytes of JSON
@@ -536,7 +557,7 @@ async def _close(websocket: WebSocket, error: BrokerError | None) -> None:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def _client(connection: HTTPConnection) -> str:

@@ -148,9 +148,7 @@ def _answer_shape() -> Iterator[None]:
 # -- talking to the server ---------------------------------------------------------------
 
 TIMEOUT = 15.0
-NOT_RUNNING_HINT = (
-    "start `broker serve`, or point at a broker elsewhere with --server URL and BROKER_API_KEY"
-)
+NOT_RUNNING_HINT = "start `broker serve`, or point at a broker elsewhere with --server URL and BROKER_API_KEY"
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -222,7 +220,7 @@ def _remote_request(server: str, key: str, method: str, path: str, body: dict[st
     import httpx  # here, not at the top: `broker serve` never needs it (~8 MiB of modules)
 
     if server.startswith("unix:"):
-        transport = httpx.HTTPTransport(uds=server[len("unix:"):])
+        transport = httpx.HTTPTransport(uds=server[len("unix:") :])
         base = "http://localhost"
     else:
         transport, base = None, server.rstrip("/")

@@ -10,13 +10,14 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .graphics import parse_target
-from .tokens import MIN_TTL
 from .limits import SessionLimits
+from .tokens import MIN_TTL
 
 DEFAULT_STATE_DIR = Path("/var/lib/vm-console-broker")
 
@@ -60,6 +61,7 @@ class Settings:
     @property
     def limits(self) -> SessionLimits:
         return SessionLimits(**{f.name: getattr(self, f.name) for f in fields(SessionLimits)})
+
     static_consoles: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -260,7 +262,7 @@ def _static_consoles(value: Any) -> dict[str, str]:
             raise ValueError("static_consoles must be a list of NAME=tcp:HOST:PORT or NAME=unix:/PATH")
         value = {name.strip(): target.strip() for name, target in pairs}
     if not isinstance(value, dict):
-        raise ValueError("static_consoles must be a table of NAME = \"tcp:HOST:PORT\" or \"unix:/PATH\"")
+        raise ValueError('static_consoles must be a table of NAME = "tcp:HOST:PORT" or "unix:/PATH"')
     for name, target in value.items():
         if not name or "/" in name:
             raise ValueError(f"static_consoles: {name!r} is not a usable console name")

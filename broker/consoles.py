@@ -18,9 +18,10 @@ import queue
 import socket
 import threading
 import uuid as uuidlib
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import libvirt
 
@@ -197,7 +198,7 @@ class LibvirtConsoles:
         future = worker.submit(fn, *args)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._give_up(worker)
             if discard is not None:
                 future.add_done_callback(lambda done: _discard_result(done, discard))
@@ -234,7 +235,9 @@ class LibvirtConsoles:
         worker.abandon(BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt did not answer within {self.timeout:g} s."))
         log.warning(
             "libvirt at %s did not answer within %g s; giving up on that connection (%d call(s) stuck)",
-            self.uri, self.timeout, len(self._stuck),
+            self.uri,
+            self.timeout,
+            len(self._stuck),
         )
 
     async def run(self, fn: Callable[..., T], *args: Any, discard: Callable[[T], Any] | None = None) -> T:
@@ -276,7 +279,8 @@ class LibvirtConsoles:
                 if exc.failure is LIBVIRT_UNAVAILABLE:
                     raise
                 raise BrokerError(
-                    CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {info.name!r} ({endpoint}): {exc.message}"
+                    CONSOLE_UNREACHABLE,
+                    f"Cannot connect to the VNC console of {info.name!r} ({endpoint}): {exc.message}",
                 ) from None
             _transport, backend = await asyncio.get_running_loop().create_connection(
                 BackendConnection, sock=socket.socket(fileno=fd)
@@ -315,7 +319,9 @@ class _Worker:
         self.conn: libvirt.virConnect | None = None
         self._callback_id = -1
         self._abandoned: BrokerError | None = None
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
         self.thread = threading.Thread(target=self._serve, name=f"libvirt-{number}", daemon=True)
         self.thread.start()
 
@@ -382,7 +388,11 @@ class _Worker:
         conn, self.conn = self.conn, None
         if conn is not None:
             # Deregister first: a closed but still referenced connection keeps delivering events.
-            for undo in (lambda: conn.domainEventDeregisterAny(self._callback_id), conn.unregisterCloseCallback, conn.close):
+            for undo in (
+                lambda: conn.domainEventDeregisterAny(self._callback_id),
+                conn.unregisterCloseCallback,
+                conn.close,
+            ):
                 try:
                     undo()
                 except libvirt.libvirtError:
@@ -423,7 +433,7 @@ async def connect_endpoint(name: str, endpoint: TcpEndpoint | UnixEndpoint, time
             connecting = loop.create_unix_connection(BackendConnection, endpoint.path)
         _transport, backend = await asyncio.wait_for(connecting, timeout)
         return backend
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         raise BrokerError(
             CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {name!r} ({endpoint}): {_text(exc)}"
         ) from None
@@ -491,7 +501,8 @@ def _not_found(conn: libvirt.virConnect, ident: Identifier) -> str:
 
 def _open_graphics_fd(conn: libvirt.virConnect, uuid: str, endpoint: FdEndpoint) -> int:
     dom = conn.lookupByUUIDString(uuid)
-    return dom.openGraphicsFD(endpoint.index, 0)
+    fd: int = dom.openGraphicsFD(endpoint.index, 0)
+    return fd
 
 
 def _is_uuid(text: str) -> bool:
@@ -524,7 +535,10 @@ class Identifier:
         prefix, colon, rest = text.partition(":")
         if colon and prefix == "uuid":
             if not _is_uuid(rest):
-                raise BrokerError(INVALID_INPUT, f"{_shown(rest)} after 'uuid:' is not a UUID like 6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11.")
+                raise BrokerError(
+                    INVALID_INPUT,
+                    f"{_shown(rest)} after 'uuid:' is not a UUID like 6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11.",
+                )
             return cls(str(uuidlib.UUID(rest)), by_uuid=True, explicit=True)
         if colon and prefix == "name":
             _check_identifier(rest)

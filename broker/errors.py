@@ -23,7 +23,9 @@ TOKEN_MISSING = Failure("token_missing", 4100, 401, "No console token was given.
 TOKEN_INVALID = Failure("token_invalid", 4101, 401, "This console link is not valid.")
 TOKEN_EXPIRED = Failure("token_expired", 4102, 401, "This console link has expired; ask for a new one.")
 TOKEN_USED = Failure("token_used", 4103, 401, "This console link was already used; ask for a new one.")
-TOKEN_REVOKED = Failure("token_revoked", 4104, 401, "The virtual machine stopped after this link was made; ask for a new one.")
+TOKEN_REVOKED = Failure(
+    "token_revoked", 4104, 401, "The virtual machine stopped after this link was made; ask for a new one."
+)
 SESSION_ENDED = Failure("session_ended", 4105, 401, "This console session has ended; ask for a new console link.")
 ORIGIN_REFUSED = Failure("origin_refused", 4106, 403, "Consoles cannot be opened from this web page's origin.")
 
@@ -40,7 +42,9 @@ VM_STOPPED = Failure("vm_stopped", 4300, 410, "The virtual machine stopped.")
 CONSOLE_CLOSED = Failure("console_closed", 4301, 502, "The VNC server closed the connection.")
 UNSUPPORTED_DATA = Failure("unsupported_data", 4302, 400, "Only binary WebSocket messages are relayed.")
 
-TOO_MANY_SESSIONS = Failure("too_many_sessions", 4400, 429, "The broker serves as many consoles as it may; try again later.")
+TOO_MANY_SESSIONS = Failure(
+    "too_many_sessions", 4400, 429, "The broker serves as many consoles as it may; try again later."
+)
 TOO_MANY_VIEWERS = Failure("too_many_viewers", 4401, 429, "This console already has as many viewers as allowed.")
 BUSY = Failure("busy", 4402, 503, "Too many consoles are being opened at once; try again in a moment.")
 IDLE_TIMEOUT = Failure("idle_timeout", 4403, 408, "The console was closed after a time without input.")

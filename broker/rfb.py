@@ -31,7 +31,6 @@ import struct
 from collections.abc import Generator
 from typing import Literal
 
-
 Kind = Literal["protocol", "auth_failed", "refused", "unsupported_security"]
 
 NONE = 1

@@ -17,10 +17,12 @@ import uvicorn
 from .app import Broker, create_app
 from .config import Settings
 from .consoles import LibvirtConsoles
-from .limits import QuietLateResponses, guarded_http_protocol
+from .graphics import parse_target
+from .httpguard import QuietLateResponses, guarded_http_protocol
 from .logs import logging_config
 from .proxy import CliSocketRequests, ForwardedHeaders, TrustedProxies
 from .sessions import ConsoleSessions
+from .splice import SplicingWebSocketProtocol
 from .state import (
     StateError,
     bind_unix_socket,
@@ -31,8 +33,6 @@ from .state import (
     same_file,
     write_server_file,
 )
-from .splice import SplicingWebSocketProtocol
-from .graphics import parse_target
 from .static import CombinedConsoles, StaticConsoles
 from .tokens import MemoryTokenStore, Tokens
 
@@ -77,7 +77,9 @@ def raise_open_files_limit(max_sessions: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         log.warning(
             "open files limit is %d; max_sessions = %d may need up to %d (raise LimitNOFILE or ulimit -n)",
-            soft, max_sessions, wanted,
+            soft,
+            max_sessions,
+            wanted,
         )
 
 
@@ -131,7 +133,9 @@ def serve(settings: Settings) -> None:
     keys = ensure_api_keys(settings)
     raise_open_files_limit(settings.limits.max_sessions)
     targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
-    consoles = CombinedConsoles(StaticConsoles(targets), LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout))
+    consoles = CombinedConsoles(
+        StaticConsoles(targets), LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout)
+    )
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
     sessions = ConsoleSessions(MemoryTokenStore(), window=settings.session_window)
     sock, where = bind_socket(settings)
@@ -223,5 +227,3 @@ def _remove_if_ours(path: str | None, ours: os.stat_result | None) -> None:
     """Remove a socket file at exit, unless another server has put its own there since."""
     if path and ours and same_file(Path(path), ours):
         Path(path).unlink(missing_ok=True)
-
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from .errors import SESSION_ENDED, BrokerError
 from .tokens import TOKEN_BYTES, Grant, TokenStore, digest_of, is_token_shaped

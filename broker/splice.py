@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -179,10 +179,11 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
                 message = self.queue.get_nowait()
                 if message["type"] == "websocket.disconnect":
                     return RelayEnd.CLIENT_CLOSED
-                if message.get("bytes") is None:
+                data = cast("bytes | None", message.get("bytes"))
+                if data is None:
                     return RelayEnd.CLIENT_SENT_TEXT
-                sink.traffic.up += len(message["bytes"])
-                backend.write(message["bytes"])
+                sink.traffic.up += len(data)
+                backend.write(data)
             # The handshake is long done: its parsed headers are ~4 KiB a session, kept for nothing.
             self.request = self.response = None  # type: ignore[assignment]
             self._sink = sink

@@ -8,7 +8,7 @@ a static console is always "running", so only its endpoint can fail.
 from __future__ import annotations
 
 import uuid as uuidlib
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from .consoles import DomainInfo, Identifier, LibvirtConsoles, Stream, connect_endpoint
 from .graphics import TcpEndpoint, UnixEndpoint, VncConsole
@@ -27,7 +27,11 @@ class StaticConsoles:
         self.connect_timeout = connect_timeout
         self.by_uuid = {
             static_uuid(name): DomainInfo(
-                name=name, uuid=static_uuid(name), state="static", active=True, run_id=0,
+                name=name,
+                uuid=static_uuid(name),
+                state="static",
+                active=True,
+                run_id=0,
                 consoles=[VncConsole(0, endpoint)],
             )
             for name, endpoint in targets.items()

@@ -38,8 +38,10 @@ async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout:
         if WebSocketState.DISCONNECTED in (websocket.client_state, websocket.application_state):
             raise ClientLeft from None
         raise
-    except asyncio.TimeoutError:
-        raise BrokerError(VNC_HANDSHAKE_FAILED, f"The VNC handshake with {name!r} took longer than {timeout:g} s.") from None
+    except TimeoutError:
+        raise BrokerError(
+            VNC_HANDSHAKE_FAILED, f"The VNC handshake with {name!r} took longer than {timeout:g} s."
+        ) from None
     except RFBError as exc:
         failure = VNC_AUTH_FAILED if exc.kind == "auth_failed" else VNC_HANDSHAKE_FAILED
         raise BrokerError(failure, f"{failure.summary.rstrip('.')} ({name!r}: {exc.message}).") from None
@@ -63,10 +65,10 @@ async def _both_sides(websocket: WebSocket, stream: Stream) -> None:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             raise ClientLeft
-        data = message.get("bytes")
-        if data is None:
+        payload: bytes | None = message.get("bytes")
+        if payload is None:
             raise RFBError("protocol", "the browser sent a text message during the handshake")
-        client.receive_data(data)
+        client.receive_data(payload)
     if client.leftover:
         stream.backend.write(client.leftover)
     if server.leftover:

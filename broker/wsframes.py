@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from websockets.frames import apply_mask  # websockets' C version, or its Python fallback
+from websockets.frames import apply_mask  # type: ignore[attr-defined]  # C version, or its Python fallback
 
 OP_CONTINUATION, OP_BINARY, OP_PONG = 0x0, 0x2, 0xA
 FIN, MASKED = 0x80, 0x80
@@ -130,9 +130,13 @@ class ClientFrameReader:
             elif size - pos < 6:
                 break
 
-            if opcode == OP_BINARY and first & FIN and state.current_size is None and (
-                state.max_message_size is None or length <= state.max_message_size
-            ) and (state.max_fragment_size is None or length <= state.max_fragment_size):
+            if (
+                opcode == OP_BINARY
+                and first & FIN
+                and state.current_size is None
+                and (state.max_message_size is None or length <= state.max_message_size)
+                and (state.max_fragment_size is None or length <= state.max_fragment_size)
+            ):
                 pass  # one whole message in one frame: nothing for websockets to count
             elif opcode >= 0x8:
                 if opcode > OP_PONG or not first & FIN or length > MAX_CONTROL_PAYLOAD:

@@ -42,13 +42,23 @@ MIN_PIPE_SIZE = 64 * 1024
 # Errors that mean "splice(2) is not allowed or does not work here": copy instead, everywhere.
 _UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES}
 # Errors that mean the VNC connection itself is over.
-_CONNECTION_OVER = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, errno.ETIMEDOUT, errno.ENOTCONN,
-                    errno.ESHUTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH}
+_CONNECTION_OVER = {
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+    errno.ENOTCONN,
+    errno.ESHUTDOWN,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
 
 supported = hasattr(os, "splice")  # Linux, Python 3.10+; False once the kernel says no
 
 
-def socket_fd(transport: Any, families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)) -> int | None:
+def socket_fd(
+    transport: Any, families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+) -> int | None:
     """The descriptor of a plain (non-TLS) socket transport of one of `families`, else None."""
     if transport.get_extra_info("sslcontext") is not None:
         return None
@@ -65,7 +75,11 @@ def worth_it(backend: Any, browser: Any) -> bool:
     from libvirt) the kernel's splice cost more CPU than uvloop's copy when measured. The
     browser's side may be TCP or a UNIX socket (nginx in front).
     """
-    return supported and socket_fd(backend, (socket.AF_INET, socket.AF_INET6)) is not None and socket_fd(browser) is not None
+    return (
+        supported
+        and socket_fd(backend, (socket.AF_INET, socket.AF_INET6)) is not None
+        and socket_fd(browser) is not None
+    )
 
 
 class KernelDownstream:

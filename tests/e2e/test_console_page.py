@@ -151,7 +151,9 @@ def raw_get(port: int, target: str) -> tuple[int, str]:
             response += chunk
     head = response.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
     status = int(head.split(" ", 2)[1])
-    location = next((l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("location:")), "")
+    location = next(
+        (line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.lower().startswith("location:")), ""
+    )
     return status, location
 
 

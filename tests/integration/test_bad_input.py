@@ -105,7 +105,7 @@ def http_exchange(port: int, data: bytes, timeout: float = 5.0) -> HttpAnswer:
                 received += chunk
         except ConnectionResetError:
             closed = True
-        except socket.timeout:
+        except TimeoutError:
             pass
     head = received.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/1.") else None
@@ -133,7 +133,9 @@ class RawWebSocket:
         return cls(sock, rest)
 
     @staticmethod
-    def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True, length: int | None = None) -> bytes:
+    def frame(
+        opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True, length: int | None = None
+    ) -> bytes:
         """One frame (RFC 6455 §5.2). `length` may claim a size the payload does not have."""
         size = len(payload) if length is None else length
         first = (0x80 if fin else 0) | opcode
@@ -268,7 +270,9 @@ def tight_broker(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConn
 @pytest.fixture(scope="module")
 def spare_broker(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) -> Iterator[BrokerProcess]:
     """For rows whose known bug dirties the log (a traceback, a token)."""
-    process = start_broker(tmp_path_factory.mktemp("bad-input-spare"), extra_env={"BROKER_HEADER_TIMEOUT": str(HEADER_TIMEOUT)})
+    process = start_broker(
+        tmp_path_factory.mktemp("bad-input-spare"), extra_env={"BROKER_HEADER_TIMEOUT": str(HEADER_TIMEOUT)}
+    )
     yield process
     process.stop()
 
@@ -374,17 +378,41 @@ def test_foreign_origin_is_refused_and_the_token_kept(tight_broker: BrokerProces
     [
         # Without both Upgrade and Connection: Upgrade it is a plain GET of a WebSocket-only route.
         pytest.param(lambda: upgrade_head("/websockify?token=x", drop=("Upgrade",)), {404}, id="no-upgrade-header"),
-        pytest.param(lambda: upgrade_head("/websockify?token=x", drop=("Connection",)), {404}, id="no-connection-header"),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x", drop=("Connection",)), {404}, id="no-connection-header"
+        ),
         pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Upgrade": "h2c"}), {404}, id="upgrade-h2c"),
-        pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Key": "not*base64!"}), {400}, id="bad-key"),
-        pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Key": "c2hvcnQ="}), {400}, id="short-key"),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Key": "not*base64!"}),
+            {400},
+            id="bad-key",
+        ),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Key": "c2hvcnQ="}),
+            {400},
+            id="short-key",
+        ),
         pytest.param(lambda: upgrade_head("/websockify?token=x", drop=("Sec-WebSocket-Key",)), {400}, id="no-key"),
         # RFC 6455 §4.4: 426 (for instance) + Sec-WebSocket-Version: 13; websockets answers a bare 400.
-        pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Version": "8"}), {400, 426}, id="version-8"),
-        pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Protocol": "binary, \xe9"}), {400}, id="bad-subprotocol"),
-        pytest.param(lambda: upgrade_head("/websockify?token=x").replace(b"GET ", b"POST ", 1), {405}, id="post-upgrade"),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Version": "8"}),
+            {400, 426},
+            id="version-8",
+        ),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x", headers={"Sec-WebSocket-Protocol": "binary, \xe9"}),
+            {400},
+            id="bad-subprotocol",
+        ),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x").replace(b"GET ", b"POST ", 1), {405}, id="post-upgrade"
+        ),
         # RFC 6455 §4.1: HTTP/1.1 or later; uvicorn alone would rebuild the head as 1.1 and accept it.
-        pytest.param(lambda: upgrade_head("/websockify?token=x").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1), {400}, id="http-1.0-upgrade"),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1),
+            {400},
+            id="http-1.0-upgrade",
+        ),
         pytest.param(lambda: upgrade_head("/websockify?token=\xe9\xff"), {400}, id="raw-non-ascii-target"),
         pytest.param(lambda: upgrade_head("/websockify?token=x", drop=("Host",)), {400}, id="no-host"),
         pytest.param(lambda: upgrade_head("/healthz"), {403}, id="upgrade-to-an-http-route"),
@@ -410,7 +438,9 @@ def test_malformed_upgrade_gets_an_http_4xx(tight_broker: BrokerProcess, request
         pytest.param(
             lambda: upgrade_head("/websockify?token=x", headers={f"X-H{i}": "v" for i in range(200)}), id="200-headers"
         ),
-        pytest.param(lambda: upgrade_head("/websockify?token=x", headers={"Content-Length": "5"}) + b"hello", id="with-body"),
+        pytest.param(
+            lambda: upgrade_head("/websockify?token=x", headers={"Content-Length": "5"}) + b"hello", id="with-body"
+        ),
     ],
 )
 def test_upgrade_heads_websockets_cannot_parse_are_answered(tight_broker: BrokerProcess, request_bytes) -> None:
@@ -428,14 +458,13 @@ def test_upgrade_heads_websockets_cannot_parse_are_answered(tight_broker: Broker
     [
         pytest.param(lambda: RawWebSocket.frame(0x2, b"RFB", masked=False), 1002, id="unmasked"),
         pytest.param(lambda: RawWebSocket.frame(0x2, os.urandom(MAX_MESSAGE_SIZE + 1)), 1009, id="oversized"),
-        pytest.param(
-            lambda: RawWebSocket.frame(0x2, b"", length=10_000_000)[:14], 1009, id="oversized-announced-only"
-        ),
+        pytest.param(lambda: RawWebSocket.frame(0x2, b"", length=10_000_000)[:14], 1009, id="oversized-announced-only"),
         pytest.param(
             # Payload streams through as it arrives: the first fragment is shorter than the
             # 12-byte RFB version, so QEMU waits for more instead of closing first.
-            lambda: RawWebSocket.frame(0x2, b"RFB 003", fin=False)
-            + RawWebSocket.frame(0x0, b"b" * (MAX_MESSAGE_SIZE - 3)),
+            lambda: (
+                RawWebSocket.frame(0x2, b"RFB 003", fin=False) + RawWebSocket.frame(0x0, b"b" * (MAX_MESSAGE_SIZE - 3))
+            ),
             1009,
             id="oversized-in-fragments",
         ),
@@ -446,7 +475,9 @@ def test_upgrade_heads_websockets_cannot_parse_are_answered(tight_broker: Broker
         pytest.param(lambda: RawWebSocket.frame(0x1, b"hello"), 4302, id="text"),
     ],
 )
-def test_broken_frames_close_with_their_code(tight_broker: BrokerProcess, tcp_vm: libvirt.virDomain, frames, expected: int) -> None:
+def test_broken_frames_close_with_their_code(
+    tight_broker: BrokerProcess, tcp_vm: libvirt.virDomain, frames, expected: int
+) -> None:
     """Frame-level attacks on a live session: the session closes with the protocol's
     code (1002 protocol error, 1009 too big) or the broker's (4302 text), never hangs
     or takes down anyone else's session."""
@@ -629,7 +660,7 @@ def test_slowloris_after_a_first_request_is_cut_too(tight_broker: BrokerProcess)
             try:
                 sock.send(b"a")
                 data = sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return  # cut: reset

@@ -59,7 +59,7 @@ def flood(sock: socket.socket, seconds: float) -> int:
     while time.monotonic() < deadline:
         try:
             sent += sock.send(burst)
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             continue
         except OSError:  # the broker gave up on us: fine
             break
@@ -102,7 +102,7 @@ def released(sock: socket.socket, timeout: float) -> bool:
         try:
             if not sock.recv(1 << 20):
                 return True
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             return True

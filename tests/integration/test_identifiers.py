@@ -102,7 +102,9 @@ def test_a_uuid_shaped_identifier_always_means_the_uuid(broker: BrokerProcess, u
     assert repr(owner.name()) in refused_domain(broker, f"name:{owner.name()}")
 
 
-def test_a_uuid_matching_no_domain_points_at_the_domain_named_so(broker: BrokerProcess, conn: libvirt.virConnect) -> None:
+def test_a_uuid_matching_no_domain_points_at_the_domain_named_so(
+    broker: BrokerProcess, conn: libvirt.virConnect
+) -> None:
     """A bare UUID never falls back to a name (that would let a new domain take over a
     vanished one's UUID), but the 404 says how to reach the domain that has it as a name."""
     name = str(uuidlib.uuid4())

@@ -40,7 +40,7 @@ def test_broker_pings_a_quiet_session(tmp_path: Path, tcp_vm: libvirt.virDomain)
                 while len(buffer) < 2 or len(buffer) < 2 + _payload_length(buffer):
                     buffer += sock.recv(65536)
                 opcodes.append(buffer[0] & 0x0F)
-                buffer = buffer[_frame_length(buffer):]
+                buffer = buffer[_frame_length(buffer) :]
         assert PING in opcodes, f"no ping in {opcodes}"
     finally:
         broker.stop()

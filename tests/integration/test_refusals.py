@@ -102,7 +102,9 @@ def test_vm_destroyed_mid_session_closes_with_vm_stopped(broker: BrokerProcess, 
         vms.remove(conn, dom.name())
 
 
-def test_token_for_a_stopped_vm_never_reaches_the_vm_on_its_port(broker: BrokerProcess, conn: libvirt.virConnect) -> None:
+def test_token_for_a_stopped_vm_never_reaches_the_vm_on_its_port(
+    broker: BrokerProcess, conn: libvirt.virConnect
+) -> None:
     """CVE-2013-0335: A's token must not open B, which took A's freed VNC port."""
     vm_a = vms.define(conn, "broker-test-cve-a", vms.TCP)
     try:

@@ -53,7 +53,9 @@ def test_a_session_without_input_is_closed_4403(timed_broker: BrokerProcess, tcp
     assert IDLE_TIMEOUT * 0.9 <= time.monotonic() - started < IDLE_TIMEOUT + 2
 
 
-def test_input_keeps_a_session_until_its_length_limit_4404(timed_broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
+def test_input_keeps_a_session_until_its_length_limit_4404(
+    timed_broker: BrokerProcess, tcp_vm: libvirt.virDomain
+) -> None:
     with open_console(timed_broker, tcp_vm) as ws:
         started = time.monotonic()
         with pytest.raises(ConnectionClosed) as closed:

@@ -17,8 +17,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def static_broker(tmp_path_factory, tcp_vm: libvirt.virDomain, unix_vm: libvirt.virDomain, socket_dir: Path) -> Iterator[BrokerProcess]:
-    targets = f"desk-tcp=tcp:127.0.0.1:{vms.vnc_port(tcp_vm)},desk-unix=unix:{socket_dir / 'unix.sock'},desk-dead=tcp:127.0.0.1:1"
+def static_broker(
+    tmp_path_factory, tcp_vm: libvirt.virDomain, unix_vm: libvirt.virDomain, socket_dir: Path
+) -> Iterator[BrokerProcess]:
+    targets = ",".join(
+        (
+            f"desk-tcp=tcp:127.0.0.1:{vms.vnc_port(tcp_vm)}",
+            f"desk-unix=unix:{socket_dir / 'unix.sock'}",
+            "desk-dead=tcp:127.0.0.1:1",
+        )
+    )
     process = start_broker(tmp_path_factory.mktemp("static-state"), extra_env={"BROKER_STATIC_CONSOLES": targets})
     yield process
     process.stop()
@@ -36,7 +44,9 @@ def test_static_console_relays_a_real_vnc_server(static_broker: BrokerProcess, n
         assert rectangles >= 1
 
 
-def test_static_consoles_are_listed_with_libvirt_domains(static_broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
+def test_static_consoles_are_listed_with_libvirt_domains(
+    static_broker: BrokerProcess, tcp_vm: libvirt.virDomain
+) -> None:
     listing = {d["name"]: d for d in static_broker.api("GET", "/api/v1/domains").json()["domains"]}
     assert listing["desk-unix"]["state"] == "static"
     assert listing["desk-unix"]["consoles"][0]["endpoint"].startswith("vnc+unix:///")

@@ -106,7 +106,9 @@ def vnc_clients(dom: libvirt.virDomain) -> int:
     """How many VNC clients QEMU itself has connected (its per-VM limit counts these)."""
     info = subprocess.run(
         ["virsh", "-c", vms.URI, "qemu-monitor-command", dom.name(), "--hmp", "info vnc"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return len(re.findall(r"^\s*Client:", info, re.MULTILINE))
 

@@ -59,10 +59,12 @@ def screen_through_broker(broker: BrokerProcess, domain: str) -> bytes:
 def differing_bytes(a: bytes, b: bytes) -> int:
     if len(a) != len(b):
         return max(len(a), len(b))
-    return sum(x != y for x, y in zip(a, b))
+    return sum(x != y for x, y in zip(a, b, strict=True))
 
 
-def test_a_full_screen_update_through_the_kernel_matches_qemus_own(broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
+def test_a_full_screen_update_through_the_kernel_matches_qemus_own(
+    broker: BrokerProcess, tcp_vm: libvirt.virDomain
+) -> None:
     port = vms.vnc_port(tcp_vm)
     for _attempt in range(3):  # SeaBIOS retries the boot every 60 s and redraws: read again then
         before = len(broker.ended_sessions())

@@ -91,5 +91,5 @@ http {{
         except httpx.TransportError:
             if time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError("nginx did not come up in 10 s")
+                raise RuntimeError("nginx did not come up in 10 s") from None
             time.sleep(0.05)

@@ -38,7 +38,7 @@ class BrokerProcess:
 
     @property
     def ws_url(self) -> str:
-        return "ws" + self.url[len("http"):]
+        return "ws" + self.url[len("http") :]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -60,9 +60,7 @@ class BrokerProcess:
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `broker …` as a user on this host would: no flags pointing at the server."""
-        return subprocess.run(
-            [*BROKER, *args], env=self.env, capture_output=True, text=True, timeout=30, check=check
-        )
+        return subprocess.run([*BROKER, *args], env=self.env, capture_output=True, text=True, timeout=30, check=check)
 
     def api(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.api_key}"}

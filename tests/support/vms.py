@@ -23,7 +23,8 @@ def domain_name(name: str) -> str:
     name mapped twice (broker-test-x- + x-vm) would never be found, so never removed."""
     if name.startswith(PREFIX):
         return name
-    return PREFIX + name[len(BASE_PREFIX):] if name.startswith(BASE_PREFIX) else name
+    return PREFIX + name[len(BASE_PREFIX) :] if name.startswith(BASE_PREFIX) else name
+
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
@@ -71,7 +72,9 @@ def connect() -> libvirt.virConnect:
         ) from None
 
 
-def define(conn: libvirt.virConnect, name: str, graphics: str, *, start: bool = True, **kwargs: object) -> libvirt.virDomain:
+def define(
+    conn: libvirt.virConnect, name: str, graphics: str, *, start: bool = True, **kwargs: object
+) -> libvirt.virDomain:
     name = domain_name(name)
     remove(conn, name)
     dom = conn.defineXML(domain_xml(name, graphics, **kwargs))  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from broker import __version__
@@ -118,14 +117,12 @@ def test_help_lists_the_commands(capsys) -> None:
         assert command in out
 
 
-
 @pytest.mark.parametrize("ttl", ["nan", "inf"])
 def test_non_finite_ttl_is_refused_with_a_message(capsys, state_dir, monkeypatch, ttl: str) -> None:
     monkeypatch.setenv("BROKER_API_KEY", API_KEY)
     status, _, err = run(capsys, "token", "vm", "--ttl", ttl, "--server", f"http://127.0.0.1:{free_port()}")
     assert status in (1, 2)
     assert err.startswith(("broker: ", "usage: broker"))
-
 
 
 def test_malformed_server_url_is_refused_with_a_message(capsys, state_dir, monkeypatch) -> None:
@@ -136,14 +133,15 @@ def test_malformed_server_url_is_refused_with_a_message(capsys, state_dir, monke
 
 
 def test_the_cli_imports_nothing_heavy() -> None:
-    """`broker token` and `broker domains` start fast: neither uvicorn, libvirt, starlette
-    nor httpx (only needed for --server) is imported with the CLI."""
+    """`broker token` and `broker domains` start fast: neither uvicorn, h11, websockets,
+    libvirt, starlette nor httpx (only needed for --server) is imported with the CLI."""
     import subprocess
     import sys
 
     code = (
         "import sys, broker.cli, broker.state;"
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'uvicorn', 'libvirt', 'starlette', 'httpx'})))"
+        "heavy = {'uvicorn', 'h11', 'websockets', 'libvirt', 'starlette', 'httpx'};"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert done.stdout.strip() == ""

@@ -19,7 +19,7 @@ from broker.cli import CliError, _call, main
 from broker.consoles import LibvirtConsoles
 from broker.state import bind_unix_socket, cli_socket_path, write_server_file
 from broker.tokens import MemoryTokenStore, Tokens
-from unit_support import API_KEY, mute, BUILTIN_DOMAIN, TEST_URI, vnc_graphics
+from unit_support import API_KEY, BUILTIN_DOMAIN, TEST_URI, mute, vnc_graphics
 
 
 def serve_in_thread(app, sock: socket.socket) -> tuple[uvicorn.Server, threading.Thread]:
@@ -230,8 +230,7 @@ def test_domains_text_escapes_names_libvirt_accepts(capsys, local_broker, conn) 
     names = ["unit-tab\tx", "unit-csi\x9b2Jx", "unit-rlo\u202egpj.exe", "unit-lri\u2066x"]
     domains = [
         conn.defineXML(
-            f"<domain type='test'><name>{name}</name><memory unit='KiB'>1024</memory>"
-            "<os><type>hvm</type></os></domain>"
+            f"<domain type='test'><name>{name}</name><memory unit='KiB'>1024</memory><os><type>hvm</type></os></domain>"
         )
         for name in names
     ]

@@ -122,7 +122,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_domains_text_escapes_every_field(capsys, fake_server) -> None:
     fake_server.body = {
         "domains": [
-            {"name": f"vm{nasty}x", "state": f"running{nasty}", "consoles": [{"index": 0, "endpoint": f"vnc://{nasty}"}]}
+            {
+                "name": f"vm{nasty}x",
+                "state": f"running{nasty}",
+                "consoles": [{"index": 0, "endpoint": f"vnc://{nasty}"}],
+            }
             for nasty in NASTY
         ]
         + [{"name": "off", "state": "shutoff", "consoles": [], "console_unavailable": f"{ESC_RED}not running"}]

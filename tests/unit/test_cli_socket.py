@@ -149,7 +149,9 @@ def test_missing_server_json_sends_no_key_to_the_default_port(capsys, state: Pat
     """The CLI used to fall back to http://127.0.0.1:6080 with the local key. The impostor
     stands in for whoever holds that port (the old default is pointed at it, if any)."""
     impostor = Impostor.on_port(free_port())
-    monkeypatch.setattr("broker.cli.DEFAULT_SERVER", f"http://127.0.0.1:{impostor.listener.getsockname()[1]}", raising=False)
+    monkeypatch.setattr(
+        "broker.cli.DEFAULT_SERVER", f"http://127.0.0.1:{impostor.listener.getsockname()[1]}", raising=False
+    )
     try:
         status, out, err = run(capsys, "domains")
         assert (status, out) == (1, "")
@@ -227,7 +229,9 @@ def test_a_cli_socket_served_by_another_user_gets_no_key(capsys, state: Path) ->
 
         listener = subprocess.Popen(
             [python, "-c", code, str(scratch / "s"), str(log)],
-            stdout=subprocess.PIPE, preexec_fn=as_nobody, cwd="/",
+            stdout=subprocess.PIPE,
+            preexec_fn=as_nobody,
+            cwd="/",
         )
         try:
             assert listener.stdout and listener.stdout.readline() == b"ready\n"
@@ -257,7 +261,9 @@ def test_a_cli_socket_others_may_use_is_refused(capsys, state: Path, mode: int) 
     listener.bind(str(state / "cli.sock"))
     os.chmod(state / "cli.sock", mode)
     impostor = Impostor(listener)
-    (state / "server.json").write_text(json.dumps({"url": "http://127.0.0.1:1", "cli": str(state / "cli.sock"), "pid": 1}))
+    (state / "server.json").write_text(
+        json.dumps({"url": "http://127.0.0.1:1", "cli": str(state / "cli.sock"), "pid": 1})
+    )
     try:
         status, _, err = run(capsys, "domains")
         assert status == 1
@@ -357,10 +363,15 @@ def test_the_cli_socket_trusts_no_forwarded_headers(broker: BrokerProcess) -> No
     conn = http.client.HTTPConnection("localhost", timeout=10)
     conn.sock = sock
     conn.request(
-        "POST", "/api/v1/domains/desk/console", body=b"{}",
+        "POST",
+        "/api/v1/domains/desk/console",
+        body=b"{}",
         headers={
-            "Authorization": f"Bearer {broker.api_key}", "Content-Type": "application/json",
-            "Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
+            "Authorization": f"Bearer {broker.api_key}",
+            "Content-Type": "application/json",
+            "Host": "evil.example",
+            "X-Forwarded-Host": "evil.example",
+            "X-Forwarded-Proto": "https",
             "X-Forwarded-Prefix": "/phish",
         },
     )
@@ -381,7 +392,9 @@ def test_the_cli_socket_still_needs_the_key(broker: BrokerProcess) -> None:
 
 
 def test_links_minted_over_the_cli_socket_start_with_public_url(tmp_path: Path) -> None:
-    broker = start_broker(tmp_path / "state", extra_env={**STATIC, "BROKER_PUBLIC_URL": "https://hv1.example.com/novnc"})
+    broker = start_broker(
+        tmp_path / "state", extra_env={**STATIC, "BROKER_PUBLIC_URL": "https://hv1.example.com/novnc"}
+    )
     try:
         minted = broker.cli("token", "desk", "--json")
         assert minted.returncode == 0, minted.stderr
@@ -409,7 +422,10 @@ def test_zero_flag_cli_works_against_a_broker_on_a_unix_socket(tmp_path: Path) -
 def test_a_second_broker_on_the_same_state_dir_is_refused(broker: BrokerProcess) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "broker", "serve", "--listen", f"127.0.0.1:{free_port()}"],
-        env=broker.env, capture_output=True, text=True, timeout=30,
+        env=broker.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 1
     assert f"another server already listens on {broker.state_dir / 'cli.sock'}" in done.stderr

@@ -12,5 +12,9 @@ def test_code_map_matches_the_tree() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Code map", 1)[1].split("\n## ", 1)[0]
     mapped = set(re.findall(r"^\| `(broker/[a-z_]+\.py)` \|", section, re.MULTILINE))
-    modules = {f"broker/{p.name}" for p in (ROOT / "broker").glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-    assert mapped == modules, f"missing from the map: {sorted(modules - mapped)}; not in the tree: {sorted(mapped - modules)}"
+    modules = {
+        f"broker/{p.name}" for p in (ROOT / "broker").glob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    }
+    assert mapped == modules, (
+        f"missing from the map: {sorted(modules - mapped)}; not in the tree: {sorted(mapped - modules)}"
+    )

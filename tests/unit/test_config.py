@@ -119,7 +119,10 @@ def test_state_dir_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_public_url_loses_its_trailing_slash() -> None:
-    assert load_settings(environ={"BROKER_PUBLIC_URL": "https://vm.example.com/c/"}).public_url == "https://vm.example.com/c"
+    assert (
+        load_settings(environ={"BROKER_PUBLIC_URL": "https://vm.example.com/c/"}).public_url
+        == "https://vm.example.com/c"
+    )
 
 
 # -- lists ----------------------------------------------------------------------------
@@ -228,10 +231,8 @@ def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 
 
-
 def test_non_numeric_ttl_is_named() -> None:
     assert "token_ttl" in config_error(environ={"BROKER_TOKEN_TTL": "soon"})
-
 
 
 def test_non_octal_uds_mode_is_named() -> None:

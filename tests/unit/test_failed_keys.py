@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import warnings
 
-import pytest
-
 from broker.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter
 from broker.proxy import ForwardedHeaders, TrustedProxies
 from unit_support import API_KEY, AUTH

@@ -60,8 +60,7 @@ def test_tcp_with_only_a_listen_address_child() -> None:
 
 def test_tcp_listen_network_child_uses_its_resolved_address() -> None:
     xml = domain(
-        "<graphics type='vnc' port='5904'>"
-        "<listen type='network' address='192.168.122.1' network='default'/></graphics>"
+        "<graphics type='vnc' port='5904'><listen type='network' address='192.168.122.1' network='default'/></graphics>"
     )
     assert only(xml).endpoint == TcpEndpoint("192.168.122.1", 5904)
 
@@ -273,7 +272,6 @@ def test_arbitrary_text_raises_nothing_but_graphics_xml_error(xml: str) -> None:
 @given(_xmlish())
 def test_arbitrary_graphics_like_xml_raises_nothing_but_graphics_xml_error(xml: str) -> None:
     _only_graphics_xml_error(xml)
-
 
 
 def test_text_with_a_lone_surrogate_raises_graphics_xml_error() -> None:

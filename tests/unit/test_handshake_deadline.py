@@ -1,10 +1,10 @@
-"""After an upgrade, the header deadline waits on the transport alone (broker/limits.py)."""
+"""After an upgrade, the header deadline waits on the transport alone (broker/httpguard.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.limits import _close_unless_handshaken
+from broker.httpguard import _close_unless_handshaken
 
 
 @dataclass

@@ -6,7 +6,6 @@ The same rules on a real broker and libvirtd: tests/integration/test_identifiers
 
 from __future__ import annotations
 
-import asyncio
 import uuid as uuidlib
 
 import pytest
@@ -15,7 +14,7 @@ from broker.consoles import MAX_IDENTIFIER_LENGTH, Identifier, LibvirtConsoles
 from broker.errors import INVALID_INPUT, BrokerError
 from broker.graphics import TcpEndpoint
 from broker.static import CombinedConsoles, StaticConsoles
-from unit_support import AUTH, TEST_URI, mute, run_async, vnc_graphics
+from unit_support import TEST_URI, mute, run_async, vnc_graphics
 
 UUID = "6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11"
 
@@ -39,8 +38,7 @@ def test_identifiers_parse(text: str, expected: Identifier) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "a\x00b", "\x00", "\udcff", "x" * (MAX_IDENTIFIER_LENGTH + 1),
-     "uuid:web1", "uuid:", "name:", "name:a\x00"],
+    ["", "a\x00b", "\x00", "\udcff", "x" * (MAX_IDENTIFIER_LENGTH + 1), "uuid:web1", "uuid:", "name:", "name:a\x00"],
 )
 def test_impossible_identifiers_are_invalid_input(text: str) -> None:
     with pytest.raises(BrokerError) as caught:

@@ -146,7 +146,10 @@ def _limit_after_start(soft: int, hard: int, max_sessions: int) -> tuple[int, st
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
     )
     assert done.returncode == 0, done.stderr

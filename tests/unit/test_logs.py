@@ -119,7 +119,9 @@ def test_logging_config_redacts_uvicorn_access_lines(captured_logs: io.StringIO)
 
 def test_logging_config_redacts_uvicorn_websocket_lines(captured_logs: io.StringIO) -> None:
     # uvicorn.error propagates to the "uvicorn" logger's handler: the filter is on the handler.
-    logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" [accepted]', "127.0.0.1:1", f"/websockify?token={TOKEN}")
+    logging.getLogger("uvicorn.error").info(
+        '%s - "WebSocket %s" [accepted]', "127.0.0.1:1", f"/websockify?token={TOKEN}"
+    )
     output = captured_logs.getvalue()
     assert TOKEN not in output
     assert "/websockify?token=[redacted]" in output
@@ -132,7 +134,6 @@ def test_logging_config_redacts_broker_lines(captured_logs: io.StringIO) -> None
     assert "WARNING broker.app: odd request to /websockify?token=[redacted]" in output
 
 
-
 def test_logging_config_redacts_a_token_passed_as_the_value_argument(
     captured_logs: io.StringIO, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -141,7 +142,6 @@ def test_logging_config_redacts_a_token_passed_as_the_value_argument(
     # prints the raw arguments (the token) to stderr.
     assert TOKEN not in capsys.readouterr().err
     assert "odd request to /websockify?token=[redacted]" in captured_logs.getvalue()
-
 
 
 def test_logging_config_keeps_a_line_with_a_formatted_key_parameter(

@@ -1,4 +1,4 @@
-"""Pipelined requests and the request-head guard (broker/limits.py), on a real broker.
+"""Pipelined requests and the request-head guard (broker/httpguard.py), on a real broker.
 
 Several requests in one write reach uvicorn's h11 protocol as one read: it serves the
 first while the others wait, already buffered, in h11. The guard must treat each of
@@ -18,13 +18,18 @@ import socket
 import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 import h11
+import pytest
 
-from broker.limits import MAX_HEAD_BYTES, MAX_HEAD_LINES, MAX_REQUEST_LINE, _HeadCheckingConnection, _HeadRefused, head_refusal
+from broker.httpguard import (
+    MAX_HEAD_BYTES,
+    MAX_HEAD_LINES,
+    MAX_REQUEST_LINE,
+    _HeadCheckingConnection,
+    _HeadRefused,
+    head_refusal,
+)
 from support.processes import BrokerProcess, start_broker
 from support.stream_server import GREETING, StreamServer, command
 
@@ -110,7 +115,7 @@ class Conn:
         try:
             self.buffer += self.sock.recv(65536)
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
         except ConnectionResetError:
             return True
@@ -122,7 +127,7 @@ class Conn:
         self.sock.settimeout(seconds)
         try:
             return self.sock.recv(65536)
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             return b""
         finally:
             self.sock.settimeout(5.0)

@@ -10,9 +10,10 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from test_wsframes import frame, open_protocol
+
 from broker.relay import RelayEnd
 from broker.splice import SplicingWebSocketProtocol
-from test_wsframes import frame, open_protocol
 
 
 class VncSide:

@@ -75,7 +75,10 @@ def test_serve_refuses_to_start_in_a_world_writable_state_dir(tmp_path: Path) ->
     try:
         done = subprocess.run(
             [*BROKER, "serve", "--listen", f"127.0.0.1:{free_port()}"],
-            env=env, capture_output=True, text=True, timeout=15,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=15,
         )
     except subprocess.TimeoutExpired:
         pytest.fail("broker serve started in a world-writable state dir")
@@ -195,6 +198,7 @@ def watched_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tu
             result = real(*args, **kwargs)
             look()
             return result
+
         return call
 
     for module, name in ((os, "chmod"), (os, "chown"), (shutil, "chown"), (os, "rename"), (os, "replace")):

@@ -86,7 +86,9 @@ def test_configured_default_and_max_ttl(store: MemoryTokenStore, clock: FakeCloc
         tokens.mint(REF, "vm", 11)
 
 
-@pytest.mark.parametrize("ttl", [600.001, 3600, float("inf"), 0, 0.0, 0.001, 0.999, -1, -0.5, float("nan"), True, False, "60", b"60", [60]])
+@pytest.mark.parametrize(
+    "ttl", [600.001, 3600, float("inf"), 0, 0.0, 0.001, 0.999, -1, -0.5, float("nan"), True, False, "60", b"60", [60]]
+)
 def test_bad_ttl_is_a_value_error(tokens: Tokens, store: MemoryTokenStore, ttl: object) -> None:
     with pytest.raises(ValueError, match="ttl"):
         tokens.mint(REF, "vm", ttl)  # type: ignore[arg-type]
@@ -108,7 +110,17 @@ def test_missing_token(tokens: Tokens, token: str | None) -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["abc", "x" * 42, "x" * 44, "x" * 42 + "=", "x" * 42 + "/", "x" * 42 + " ", " " + "x" * 42, "x" * 43 + "\n", "é" * 43],
+    [
+        "abc",
+        "x" * 42,
+        "x" * 44,
+        "x" * 42 + "=",
+        "x" * 42 + "/",
+        "x" * 42 + " ",
+        " " + "x" * 42,
+        "x" * 43 + "\n",
+        "é" * 43,
+    ],
 )
 def test_wrong_shape_is_invalid(tokens: Tokens, token: str) -> None:
     assert refusal(tokens, token) is TOKEN_INVALID
@@ -142,7 +154,6 @@ def test_redeem_exactly_at_expiry_is_expired(tokens: Tokens, clock: FakeClock) -
     minted = tokens.mint(REF, "vm", 30)
     clock.now = minted.grant.expires_at
     assert refusal(tokens, minted.token) is TOKEN_EXPIRED
-
 
 
 def test_expired_token_stays_expired(tokens: Tokens, clock: FakeClock) -> None:

@@ -29,7 +29,15 @@ def open_protocol(max_size: int) -> ServerProtocol:
     return conn
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0, key: bytes = b"\x01\x02\x03\x04") -> bytes:
+def frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    masked: bool = True,
+    rsv: int = 0,
+    key: bytes = b"\x01\x02\x03\x04",
+) -> bytes:
     size = len(payload)
     first = (0x80 if fin else 0) | rsv << 4 | opcode
     bit = 0x80 if masked else 0
@@ -95,7 +103,7 @@ def close_of(conn: ServerProtocol) -> tuple[int, str] | None:
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
 
 
 frames_strategy = st.lists(
@@ -112,7 +120,9 @@ frames_strategy = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(frames=frames_strategy, cuts=st.lists(st.integers(0, 10**6), max_size=8), max_size=st.sampled_from([200, 1 << 20]))
+@given(
+    frames=frames_strategy, cuts=st.lists(st.integers(0, 10**6), max_size=8), max_size=st.sampled_from([200, 1 << 20])
+)
 def test_reader_agrees_with_websockets(frames, cuts, max_size) -> None:
     """Same bytes relayed, same control frames seen, same close, however the stream is cut."""
     stream = b""
@@ -138,7 +148,10 @@ def test_reader_agrees_with_websockets(frames, cuts, max_size) -> None:
 @given(frames=frames_strategy, max_size=st.sampled_from([10, 200, 1 << 20]))
 def test_one_frame_per_read_agrees_with_websockets(frames, max_size) -> None:
     """Reads that hold exactly one frame (a keystroke each) take the reader's shortcut."""
-    chunks = [frame(opcode, bytes(size), fin=fin, masked=masked, rsv=rsv, key=key) for opcode, fin, size, masked, rsv, key in frames]
+    chunks = [
+        frame(opcode, bytes(size), fin=fin, masked=masked, rsv=rsv, key=key)
+        for opcode, fin, size, masked, rsv, key in frames
+    ]
     expected, reference = through_websockets(chunks, max_size)
     got, conn, _reader = through_reader(chunks, max_size)
     assert bytes(got.relayed) == bytes(expected.relayed)

@@ -181,8 +181,12 @@ def test_a_unix_socket_vnc_server_is_relayed_by_copying(tcp_broker: BrokerProces
 @pytest.fixture(scope="module")
 def impatient_broker(tmp_path_factory, servers) -> Iterator[BrokerProcess]:
     """Pings every 0.1 s that must be answered within 0.5 s."""
-    process = static_broker(tmp_path_factory.mktemp("impatient-state"), {"tcp": servers["tcp"]},
-                            BROKER_PING_INTERVAL="0.1", BROKER_PING_TIMEOUT="0.5")
+    process = static_broker(
+        tmp_path_factory.mktemp("impatient-state"),
+        {"tcp": servers["tcp"]},
+        BROKER_PING_INTERVAL="0.1",
+        BROKER_PING_TIMEOUT="0.5",
+    )
     yield process
     process.stop()
 
@@ -203,8 +207,10 @@ def test_a_browser_that_stops_reading_mid_update_is_dropped_with_everything_it_h
     stalled = socket.create_connection((host.split(":")[0], int(host.split(":")[1])))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
     key = base64.b64encode(os.urandom(16)).decode()
-    stalled.sendall(f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    stalled.sendall(
+        f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     assert b" 101 " in stalled.recv(4096).split(b"\r\n")[0]
     masked_command = bytes([0x82, 0x80 | 5]) + b"\0\0\0\0" + command(b"D", 64 * MiB)  # mask of zeros
     stalled.sendall(masked_command)
@@ -248,9 +254,13 @@ def test_a_failing_splice_falls_back_to_copying_without_losing_a_byte(
     session goes on and every byte arrives."""
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(FAILING_SPLICE)
-    broker = static_broker(tmp_path / "state", {"tcp": servers["tcp"]},
-                           PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
-                           TEST_SPLICE_FAIL_AT=str(at_call), TEST_SPLICE_ERRNO=error)
+    broker = static_broker(
+        tmp_path / "state",
+        {"tcp": servers["tcp"]},
+        PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+        TEST_SPLICE_FAIL_AT=str(at_call),
+        TEST_SPLICE_ERRNO=error,
+    )
     try:
         with opener(broker, "stream-tcp")() as ws:
             for _ in range(2):  # the second update: copied for good, or through the kernel again

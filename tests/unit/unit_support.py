@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import socket
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Coroutine, TypeVar
+from typing import Any, TypeVar
 
 from broker.consoles import LibvirtConsoles
 
