@@ -32,7 +32,7 @@ async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout:
     """
     try:
         await asyncio.wait_for(_both_sides(websocket, stream), timeout)
-    except (WebSocketDisconnect, OSError):  # uvicorn's ClientDisconnected is an OSError
+    except WebSocketDisconnect:  # Starlette's word for a send to a browser that has gone
         raise ClientLeft from None
     except RuntimeError:  # Starlette: "Cannot call receive once a disconnect message has been received"
         if WebSocketState.DISCONNECTED in (websocket.client_state, websocket.application_state):
@@ -73,4 +73,7 @@ async def _both_sides(websocket: WebSocket, stream: Stream) -> None:
         stream.backend.write(client.leftover)
     if server.leftover:
         await websocket.send({"type": "websocket.send", "bytes": server.leftover})
-    await stream.backend.drain()
+    try:
+        await stream.backend.drain()
+    except ConnectionResetError:  # the VNC server, not the browser, went away
+        raise RFBError("protocol", "the VNC server closed the connection during the handshake") from None
