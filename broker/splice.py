@@ -122,8 +122,10 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._backlogged = True
                 self.transport.pause_reading()
 
-    def _backlog_drained(self) -> None:
-        if not self._backlogged:
+    def backlog_may_have_drained(self) -> None:
+        """Called on resume_writing, and wherever held or kernel-moved bytes were handed to
+        the transport without one (it may take them all at once): read the client again."""
+        if not self._backlogged or self.client_backlog() > CLIENT_BACKLOG_LIMIT:
             return
         self._backlogged = False
         pong, self._late_pong = self._late_pong, None
@@ -317,7 +319,7 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().resume_writing()
         if self._sink is not None:
             self._sink.browser_drained()
-        self._backlog_drained()
+        self.backlog_may_have_drained()
 
 
 class _Splice:
@@ -466,6 +468,7 @@ class _Splice:
         self.browser.set_write_buffer_limits()  # uvicorn's (64 KiB) again
         if not self.browser_blocked and not self.ended.done():
             self.backend.resume_reading()
+        self.protocol.backlog_may_have_drained()
 
     def hold_browser_writes(self) -> None:
         """A frame is half out: uvicorn's writes (pings, pongs, closes) wait for its end."""
@@ -476,6 +479,7 @@ class _Splice:
         self.protocol.transport = self.browser
         if isinstance(held, _HeldWrites):
             held.replay()
+            self.protocol.backlog_may_have_drained()
         if self.kernel is not None and not self.browser_blocked and not self.ended.done():
             self.kernel.start()
 

@@ -43,13 +43,14 @@ class RawWebSocket:
     def read_payload(self, count: int) -> bytes:
         """`count` bytes of binary payload, across frames (the relay chunks a byte stream freely)."""
         while len(self.payload) < count:
-            opcode, data = self._frame()
+            opcode, data = self.read_frame()
             assert opcode == 0x2, f"expected a binary frame, got opcode {opcode}"
             self.payload += data
         chunk, self.payload = self.payload[:count], self.payload[count:]
         return chunk
 
-    def _frame(self) -> tuple[int, bytes]:
+    def read_frame(self) -> tuple[int, bytes]:
+        """The next frame, any opcode: (opcode, payload)."""
         self._fill(2)
         length = self.buffer[1] & 0x7F
         start = 2 + {126: 2, 127: 8}.get(length, 0)

@@ -9,6 +9,7 @@ broker sends keepalive pings every 20 ms, so uvicorn's own writes fall between t
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from support.processes import BrokerProcess, start_broker, zero_copied_mib
+from support.raw_ws import RawWebSocket
 from support.stream_server import GREETING, StreamServer, command, pattern
 
 MiB = 1024 * 1024
@@ -272,3 +274,36 @@ def test_a_failing_splice_falls_back_to_copying_without_losing_a_byte(
         assert (zero_copied_mib(line) == 0) is refused, line
     finally:
         broker.stop()
+
+
+def test_a_client_flooding_pings_mid_update_is_read_again_once_it_catches_up(tcp_broker: BrokerProcess) -> None:
+    """Pings pile up pongs behind a frame the kernel is moving; past the backlog limit the
+    client is not read. Once it reads everything, it must be read again (the held pongs
+    reach the socket in one go, with no resume_writing to say so)."""
+    headers = {"Authorization": f"Bearer {tcp_broker.api_key}"}
+    url = httpx.post(f"{tcp_broker.url}/api/v1/domains/stream-tcp/console", headers=headers).json()["websocket_url"]
+    ws = RawWebSocket(url, receive_buffer=4096)
+    try:
+        assert ws.read_payload(len(GREETING)) == GREETING
+        ws.send_binary(command(b"D", 8 * MiB))
+        time.sleep(0.5)  # the update streams; the client reads nothing
+        ping = bytes((0x89, 0x80 | 125)) + b"\0\0\0\0" + b"p" * 125
+        ws.sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            ws.sock.sendall(ping * 5000)  # ~640 KiB of pongs owed: past the limit
+        ws.sock.settimeout(10)
+        assert binary_payload(ws, 8 * MiB) == pattern(8 * MiB)
+        ws.send_binary(command(b"E", 4) + b"echo")
+        assert binary_payload(ws, 4) == b"echo", "the client was never read again"
+    finally:
+        ws.close()
+
+
+def binary_payload(ws: RawWebSocket, count: int) -> bytes:
+    """`count` bytes of binary payload, passing over pongs and pings."""
+    data = bytearray()
+    while len(data) < count:
+        opcode, payload = ws.read_frame()
+        if opcode == 0x2:
+            data += payload
+    return bytes(data)
