@@ -210,22 +210,24 @@ class Broker:
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
 
     def authorize(self, request: Request) -> int:
-        """The index of the API key presented, or UNAUTHORIZED; RATE_LIMITED, before the key
-        is even looked at, for a client address with too many failed attempts."""
-        client = request.client.host if request.client else "unknown"
+        """The index of the API key presented, or UNAUTHORIZED; RATE_LIMITED instead for a
+        client with too many failed attempts. A valid key is never refused: the limit only
+        slows guessing (hopeless against keys of 16+ characters anyway), and must not let a
+        mistyped key elsewhere lock the panel or the CLI out."""
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        presented = key.strip().encode()
+        # Compare with every key (no early exit), so timing says nothing about which matched.
+        matches = [hmac.compare_digest(presented, k) for k in self.api_keys]
+        if scheme.lower() == "bearer" and any(matches):
+            return matches.index(True)
+        client = _key_client(request)
         wait = self.failed_keys.wait(client)
         if wait:
             raise BrokerError(
                 RATE_LIMITED, "Too many requests with a wrong API key from this address.", retry_after=wait
             )
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        presented = key.strip().encode()
-        # Compare with every key (no early exit), so timing says nothing about which matched.
-        matches = [hmac.compare_digest(presented, k) for k in self.api_keys]
-        if scheme.lower() != "bearer" or not any(matches):
-            self.key_refused(request, client)
-            raise BrokerError(UNAUTHORIZED)
-        return matches.index(True)
+        self.key_refused(request, client)
+        raise BrokerError(UNAUTHORIZED)
 
     @functools.cached_property
     def failed_keys(self) -> RateLimiter:
@@ -238,9 +240,7 @@ class Broker:
         self.failed_keys.allow(client)
         wait = self.failed_keys.wait(client)
         then = f"; its next API requests get 429 for {math.ceil(wait)} s" if wait else ""
-        log.warning(
-            "refused API request from %s to %s: no valid API key%s", _client(request), quote(request.url.path), then
-        )
+        log.warning("refused API request from %s to %s: no valid API key%s", client, quote(request.url.path), then)
 
     def token_json(self, request: HTTPConnection, minted: MintedToken, domain: DomainInfo) -> dict[str, Any]:
         base = self.base_url(request)
@@ -558,6 +558,15 @@ async def _close(websocket: WebSocket, error: BrokerError | None) -> None:
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _key_client(connection: HTTPConnection) -> str:
+    """Who counts as one client for failed API keys: its address (behind a trusted proxy,
+    X-Forwarded-For), or for peers of a UNIX socket, which have none, that socket."""
+    if connection.client:
+        return connection.client.host
+    server = connection.scope.get("server")
+    return f"unix:{server[0]}" if server else "unknown"
 
 
 def _client(connection: HTTPConnection) -> str:
