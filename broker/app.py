@@ -205,7 +205,7 @@ class Broker:
         domain = await self.consoles.find(request.path_params["ident"])
         console = domain.console(index)
         self.check_viewers(domain.uuid)
-        minted = self.tokens.mint(ConsoleRef(domain.uuid, console.index), domain.name, ttl)
+        minted = self.tokens.mint(ConsoleRef(domain.uuid, console.index, domain.run_id), domain.name, ttl)
         log.info("minted a console token for domain %s (%s), ttl %gs", domain.name, domain.uuid, ttl)
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
 

@@ -34,6 +34,7 @@ from .errors import (
     LIBVIRT_ERROR,
     LIBVIRT_UNAVAILABLE,
     NO_CONSOLE,
+    TOKEN_REVOKED,
     BrokerError,
 )
 from .graphics import Endpoint, FdEndpoint, GraphicsXMLError, TcpEndpoint, UnixEndpoint, VncConsole, parse_graphics
@@ -269,6 +270,8 @@ class LibvirtConsoles:
         """
         # The secure XML: it holds the VNC password, which only this path may read.
         info = await self.run(_find, Identifier(ref.uuid, by_uuid=True), True)
+        if info.active and ref.run_id is not None and info.run_id != ref.run_id:
+            raise BrokerError(TOKEN_REVOKED, "The VM was restarted after the link was made; ask for a new one.")
         console = info.console(ref.index)
         endpoint = console.endpoint
         assert endpoint is not None
@@ -287,17 +290,29 @@ class LibvirtConsoles:
             )
         else:
             backend = await connect_endpoint(info.name, endpoint, self.connect_timeout)
-        if not await self.still_running(ref.uuid, info.run_id):
+        try:
+            same_run = await self.still_running(ref.uuid, info.run_id, unknown=False)
+        except BaseException:
+            backend.close()
+            raise
+        if not same_run:
             backend.close()
             raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
         return info, Stream(backend, endpoint, console.password)
 
-    async def still_running(self, uuid: str, run_id: int) -> bool:
-        """Is this same run of the domain still active? False also when it vanished."""
+    async def still_running(self, uuid: str, run_id: int, *, unknown: bool = True) -> bool:
+        """Is this same run of the domain still active? False also when it vanished. When
+        libvirt cannot say (unavailable, an error), `unknown` is the answer, or, with
+        unknown=False, the error is raised: the check after connecting must not pass a
+        console it could not verify (CVE-2013-0335)."""
         try:
             info = await self.run(_find, Identifier(uuid, by_uuid=True, explicit=True))
         except BrokerError as exc:
-            return exc.failure is not DOMAIN_NOT_FOUND and exc.failure is not DOMAIN_NOT_RUNNING
+            if exc.failure is DOMAIN_NOT_FOUND or exc.failure is DOMAIN_NOT_RUNNING:
+                return False
+            if unknown:
+                return True
+            raise
         return info.active and info.run_id == run_id
 
     def close(self) -> None:

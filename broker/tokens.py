@@ -29,10 +29,14 @@ _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 @dataclass(frozen=True)
 class ConsoleRef:
-    """What a token opens: a console by the domain's UUID (never its name) and device index."""
+    """What a token opens: a console by the domain's UUID (never its name) and device index,
+    in the run of the domain it was minted for (libvirt's domain ID; None: any run). The
+    run is checked at connect time too, so a lost lifecycle event cannot let a link or a
+    page session open the next run of the same UUID."""
 
     uuid: str
     index: int = 0
+    run_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def test_minted_token_is_bound_to_the_domain_uuid_and_console(api, define_domain
     domain = define_domain("<graphics type='spice' port='5930' autoport='no'/>" + VNC)
     token = api.token_for(domain)
     grant = api.broker.tokens.redeem(token)
-    assert grant.console == ConsoleRef(domain.UUIDString(), 1)
+    assert grant.console == ConsoleRef(domain.UUIDString(), 1, domain.ID())
     assert grant.name == domain.name()
 
 
@@ -166,7 +166,7 @@ def test_console_with_null_ttl_gets_the_default(api, define_domain) -> None:
 def test_console_by_graphics_index(api, define_domain) -> None:
     domain = define_domain(vnc_graphics(5905) + vnc_graphics(5906))
     token = api.token_for(domain, graphics=1)
-    assert api.broker.tokens.redeem(token).console == ConsoleRef(domain.UUIDString(), 1)
+    assert api.broker.tokens.redeem(token).console == ConsoleRef(domain.UUIDString(), 1, domain.ID())
 
 
 def test_console_for_a_missing_graphics_index_is_no_console(api, define_domain) -> None:
