@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import queue
+import re
 import socket
 import threading
 import uuid as uuidlib
@@ -520,12 +521,12 @@ def _open_graphics_fd(conn: libvirt.virConnect, uuid: str, endpoint: FdEndpoint)
     return fd
 
 
+_UUID_SHAPE = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
 def _is_uuid(text: str) -> bool:
-    try:
-        uuidlib.UUID(text)
-    except ValueError:
-        return False
-    return len(text) == 36
+    """8-4-4-4-12 hex digits, exactly (uuid.UUID also takes braces, 'urn:uuid:' and dashes anywhere)."""
+    return _UUID_SHAPE.fullmatch(text) is not None
 
 
 # No libvirt domain name comes close; keeps absurd strings away from libvirt and the logs.

@@ -312,6 +312,9 @@ def connect_cli_socket(state_dir: Path, timeout: float) -> tuple[socket.socket, 
     NotRunning when there is no broker, StateError when something is not as it must be.
     """
     owner = check_state_dir(state_dir).st_uid
+    if owner not in (0, os.geteuid()):
+        # Whoever owns the state dir gets the key: only root or ourselves may.
+        raise StateError(f"{state_dir} belongs to uid {owner}, neither root nor you; not sending it an API key")
     info = read_server_file(state_dir, owner)
     path = cli_socket_path(state_dir)
     if not info.cli:

@@ -430,3 +430,13 @@ def test_a_second_broker_on_the_same_state_dir_is_refused(broker: BrokerProcess)
     assert done.returncode == 1
     assert f"another server already listens on {broker.state_dir / 'cli.sock'}" in done.stderr
     assert broker.cli("domains").returncode == 0  # the first one is untouched
+
+
+@needs_root
+def test_a_state_dir_of_another_user_gets_no_key(capsys, state: Path) -> None:
+    """Whoever owns the state dir would receive the key (BROKER_API_KEY or api_keys too):
+    only root or the CLI's own user may own it."""
+    os.chown(state, NOBODY, -1)
+    status, _, err = run(capsys, "domains")
+    assert status == 1
+    assert "neither root nor you" in err

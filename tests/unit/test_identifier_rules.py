@@ -30,6 +30,11 @@ UUID = "6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11"
         ("name:name:x", Identifier("name:x", by_uuid=False, explicit=True)),
         ("other:x", Identifier("other:x", by_uuid=False)),
         (UUID.replace("-", ""), Identifier(UUID.replace("-", ""), by_uuid=False)),  # only 8-4-4-4-12 is a UUID
+        (
+            UUID.replace("-", "") + "----",
+            Identifier(UUID.replace("-", "") + "----", by_uuid=False),
+        ),  # 36, not 8-4-4-4-12
+        ("{" + UUID[:34] + "}", Identifier("{" + UUID[:34] + "}", by_uuid=False)),
     ],
 )
 def test_identifiers_parse(text: str, expected: Identifier) -> None:
