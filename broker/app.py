@@ -45,6 +45,7 @@ from .errors import (
     BrokerError,
 )
 from .limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
+from .proxy import CLI_SOCKET_SCOPE_KEY
 from .relay import RelayEnd, Traffic, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
 from .splice import EXTENSION as SPLICE
@@ -81,6 +82,21 @@ class WithHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class HostCheck:
+    """Starlette's TrustedHostMiddleware, for every request but those on the CLI socket,
+    which carry the broker's own listen address as Host (proxy.CliSocketRequests)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get(CLI_SOCKET_SCOPE_KEY):
+            await self.app(scope, receive, send)
+        else:
+            await self.checked(scope, receive, send)
 
 
 # How long a backend EOF may wait for libvirt to report the domain stopped before
@@ -496,7 +512,7 @@ def create_app(broker: Broker) -> Starlette:
 
     # Without public_url the broker's own origin (the Origin check) and its links come from
     # the Host header: a DNS-rebinding page would pass as "our own". allowed_hosts pins it.
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(broker.allowed_hosts), www_redirect=False)]
+    middleware = [Middleware(HostCheck, allowed_hosts=list(broker.allowed_hosts))]
     app = Starlette(
         routes=routes,
         middleware=middleware if broker.allowed_hosts else None,

@@ -95,6 +95,10 @@ def _last(value: str | None) -> str:
     return (value or "").split(",")[-1].strip()
 
 
+# Set in the scope of requests that came in over the CLI socket.
+CLI_SOCKET_SCOPE_KEY = "vm_console_broker.cli_socket"
+
+
 class CliSocketRequests:
     """Requests that came in over the CLI socket in the state dir (see broker/state.py).
 
@@ -124,6 +128,7 @@ class CliSocketRequests:
 
     def as_public(self, scope: Scope) -> Scope:
         scope = dict(scope)
+        scope[CLI_SOCKET_SCOPE_KEY] = True
         scope["headers"] = [
             (k, v) for k, v in scope["headers"] if k.lower() != b"host" and not k.lower().startswith(b"x-forwarded-")
         ]

@@ -10,7 +10,6 @@ import os
 import resource
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -147,8 +146,7 @@ def serve(settings: Settings) -> None:
         settings.public_url,
         sessions=sessions,
         allowed_origins=settings.allowed_origins,
-        # Requests on the CLI socket come with the broker's own address as Host.
-        allowed_hosts=settings.allowed_hosts + (cli_host(where),) if settings.allowed_hosts else (),
+        allowed_hosts=settings.allowed_hosts,
         limits=settings.limits,
     )
     warn_if_any_host_is_trusted(settings)
@@ -195,13 +193,6 @@ def serve(settings: Settings) -> None:
         remove_server_file(server_file, os.getpid())
         _remove_if_ours(settings.uds, uds_file)
         _remove_if_ours(str(cli_path), cli_file)
-
-
-def cli_host(where: dict[str, str]) -> str:
-    """The Host the CLI socket's requests carry (CliSocketRequests): the TCP address's host."""
-    netloc = urlsplit(where.get("url") or "http://localhost").netloc
-    host, _, port = netloc.rpartition(":")
-    return host if port.isdigit() and host else netloc
 
 
 def warn_if_any_host_is_trusted(settings: Settings) -> None:

@@ -25,6 +25,8 @@ def test_only_allowed_hosts_are_answered(tmp_path: Path) -> None:
         assert httpx.get(url, headers={"Host": "eu.panel.example"}).status_code == 200
         refused = httpx.get(url, headers={"Host": "rebound.attacker.example"})
         assert refused.status_code == 400 and "host" in refused.text.lower()
+        # The listen address is no allowed name (the CLI socket is exempt, not widened).
+        assert httpx.get(url, headers={"Host": f"0.0.0.0:{port}"}).status_code == 400
         # The CLI socket's requests carry the broker's own address: still served.
         assert broker.cli("domains", "--json").returncode == 0
         assert "neither public_url nor allowed_hosts" not in broker.log()
