@@ -16,10 +16,8 @@ pytestmark = pytest.mark.integration
 VGA_SIZES = {(640, 480), (720, 400)}  # SeaBIOS graphics, then text mode
 
 
-def mint_rest(broker: BrokerProcess, domain: str, **body: object) -> dict:
-    response = broker.api("POST", f"/api/v1/domains/{domain}/console", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
+def mint_rest(broker: BrokerProcess, domain: str) -> dict:
+    return broker.mint(domain)
 
 
 def mint_cli(broker: BrokerProcess, domain: str) -> dict:
@@ -53,12 +51,12 @@ def test_unix_socket_console(broker: BrokerProcess, unix_vm: libvirt.virDomain, 
 
 
 def test_console_without_listener_goes_through_libvirt_fd(broker: BrokerProcess, fd_vm: libvirt.virDomain) -> None:
-    minted = mint_rest(broker, fd_vm.UUIDString())
+    minted = broker.mint(fd_vm.UUIDString())
     assert_real_screen(minted["websocket_url"], fd_vm)
 
 
 def test_works_without_binary_subprotocol(broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
-    minted = mint_rest(broker, tcp_vm.name())
+    minted = broker.mint(tcp_vm.name())
     with connect(minted["websocket_url"], open_timeout=10) as ws:
         assert ws.subprotocol is None
         init = handshake(ws)

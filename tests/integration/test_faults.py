@@ -22,12 +22,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def mint(broker: BrokerProcess, domain: str) -> str:
-    response = broker.api("POST", f"/api/v1/domains/{domain}/console")
-    assert response.status_code == 201, response.text
-    return response.json()["websocket_url"]
-
-
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -44,7 +38,7 @@ def children_of(pid: int) -> list[int]:
 def test_sigterm_closes_sessions_with_1001_and_exits(tmp_path: Path, tcp_vm: libvirt.virDomain) -> None:
     broker = start_broker(tmp_path / "state")
     try:
-        with connect(mint(broker, tcp_vm.name())) as ws:
+        with connect(broker.mint(tcp_vm.name())["websocket_url"]) as ws:
             handshake(ws)
             assert children_of(broker.process.pid) == [], "the broker started child processes"
             started = time.monotonic()
@@ -65,7 +59,7 @@ def test_qemu_killed_mid_session_closes_within_a_second(broker: BrokerProcess, c
     dom = vms.define(conn, "broker-test-sigkill", vms.TCP)
     try:
         pid = int(Path(f"/run/libvirt/qemu/{dom.name()}.pid").read_text())
-        with connect(mint(broker, dom.name())) as ws:
+        with connect(broker.mint(dom.name())["websocket_url"]) as ws:
             handshake(ws)
             started = time.monotonic()
             os.kill(pid, signal.SIGKILL)
@@ -85,7 +79,7 @@ def test_libvirtd_restart_keeps_sessions_and_recovers(broker: BrokerProcess, tcp
     import httpx
 
     name = tcp_vm.name()
-    with connect(mint(broker, name)) as ws:
+    with connect(broker.mint(name)["websocket_url"]) as ws:
         init = handshake(ws)
         killed = kill_libvirtd()
         deadline = time.monotonic() + 15
@@ -102,7 +96,7 @@ def test_libvirtd_restart_keeps_sessions_and_recovers(broker: BrokerProcess, tcp
         rectangles, _ = request_update(ws, init)
         assert rectangles >= 1
     assert killed
-    with connect(mint(broker, name)) as fresh:
+    with connect(broker.mint(name)["websocket_url"]) as fresh:
         assert handshake(fresh).width > 0
 
 

@@ -131,7 +131,7 @@ def test_ping_flood_on_a_cookieless_page_socket_is_bounded(flood_broker: BrokerP
 
 
 def test_ping_flood_in_a_live_session_is_bounded(flood_broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
-    minted = flood_broker.api("POST", f"/api/v1/domains/{tcp_vm.name()}/console").json()
+    minted = flood_broker.mint(tcp_vm.name())
     sock = upgrade(minted["websocket_url"])
     try:
         growth, latencies = flood_and_measure(flood_broker, sock)

@@ -36,7 +36,7 @@ def test_hostile_domain_name_is_escaped_in_log_and_close_reason(
     broker: BrokerProcess, oddly_named_vm: libvirt.virDomain
 ) -> None:
     assert oddly_named_vm.name().endswith(HOSTILE)
-    minted = broker.api("POST", f"/api/v1/domains/{oddly_named_vm.UUIDString()}/console").json()
+    minted = broker.mint(oddly_named_vm.UUIDString())
     assert minted["domain"]["name"] == oddly_named_vm.name()  # JSON carries it as it is, escaped by JSON
     ws = RawWebSocket(minted["websocket_url"])
     assert ws.read_payload(12).startswith(b"RFB ")

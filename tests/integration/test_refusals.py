@@ -12,55 +12,36 @@ from websockets.sync.client import connect
 
 from support import vms
 from support.processes import BrokerProcess
+from support.ws import close_of
 
 pytestmark = pytest.mark.integration
 
 
-def close_of(url: str, timeout: float = 10) -> tuple[int, str, bytes]:
-    """Connect and read until closed; return (code, reason, bytes received before)."""
-    received = b""
-    with connect(url, open_timeout=10) as ws:
-        try:
-            while True:
-                message = ws.recv(timeout=timeout)
-                received += message if isinstance(message, bytes) else message.encode()
-        except ConnectionClosed as closed:
-            assert closed.rcvd is not None, "closed without a close frame"
-            return closed.rcvd.code, closed.rcvd.reason, received
-    raise AssertionError("unreachable")
-
-
-def mint(broker: BrokerProcess, domain: str, **body: object) -> dict:
-    response = broker.api("POST", f"/api/v1/domains/{domain}/console", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 def test_used_token_is_refused(broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
-    url = mint(broker, tcp_vm.name())["websocket_url"]
+    url = broker.mint(tcp_vm.name())["websocket_url"]
     with connect(url) as first:
         assert first.recv(timeout=10).startswith(b"RFB ")
-        code, reason, data = close_of(url)
-    assert (code, data) == (4103, b"")
-    assert "already used" in reason
+        closed = close_of(url)
+    assert (closed.code, closed.received) == (4103, b"")
+    assert "already used" in closed.reason
 
 
 def test_expired_token_is_refused(broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
-    url = mint(broker, tcp_vm.name(), ttl=1)["websocket_url"]
+    url = broker.mint(tcp_vm.name(), ttl=1)["websocket_url"]
     time.sleep(1.2)
-    code, reason, data = close_of(url)
-    assert (code, data) == (4102, b"")
-    assert "expired" in reason
+    closed = close_of(url)
+    assert (closed.code, closed.received) == (4102, b"")
+    assert "expired" in closed.reason
 
 
 def test_forged_token_is_refused(broker: BrokerProcess) -> None:
-    code, reason, _ = close_of(f"{broker.ws_url}/websockify?token={'A' * 43}")
-    assert code == 4101 and "not valid" in reason
+    closed = close_of(f"{broker.ws_url}/websockify?token={'A' * 43}")
+    assert closed.code == 4101 and "not valid" in closed.reason
 
 
 def test_missing_token_is_refused(broker: BrokerProcess) -> None:
-    code, reason, _ = close_of(f"{broker.ws_url}/websockify")
-    assert code == 4100 and reason
+    closed = close_of(f"{broker.ws_url}/websockify")
+    assert closed.code == 4100 and closed.reason
 
 
 def test_shut_off_domain_is_a_clear_error(broker: BrokerProcess, off_vm: libvirt.virDomain) -> None:
@@ -85,7 +66,7 @@ def test_unknown_domain_is_a_clear_error(broker: BrokerProcess) -> None:
 def test_vm_destroyed_mid_session_closes_with_vm_stopped(broker: BrokerProcess, conn: libvirt.virConnect) -> None:
     dom = vms.define(conn, "broker-test-victim", vms.TCP)
     try:
-        url = mint(broker, dom.name())["websocket_url"]
+        url = broker.mint(dom.name())["websocket_url"]
         with connect(url) as ws:
             assert ws.recv(timeout=10).startswith(b"RFB ")
             started = time.monotonic()
@@ -110,14 +91,14 @@ def test_token_for_a_stopped_vm_never_reaches_the_vm_on_its_port(
     try:
         port = vms.vnc_port(vm_a)
         assert port > 0
-        url = mint(broker, vm_a.name(), ttl=120)["websocket_url"]
+        url = broker.mint(vm_a.name(), ttl=120)["websocket_url"]
         vm_a.destroy()
         vm_b = vms.define(conn, "broker-test-cve-b", vms.tcp_on(port))
         assert vms.vnc_port(vm_b) == port
-        code, reason, data = close_of(url)
+        closed = close_of(url)
         # Revoked by A's STOPPED event (4104); without the event, A is found not running (4201).
-        assert code in (4104, 4201), (code, reason)
-        assert data == b"", "bytes from B's VNC server reached A's token holder"
+        assert closed.code in (4104, 4201), closed
+        assert closed.received == b"", "bytes from B's VNC server reached A's token holder"
     finally:
         vms.remove(conn, "broker-test-cve-a")
         vms.remove(conn, "broker-test-cve-b")
@@ -128,7 +109,7 @@ def test_page_session_ends_with_the_run_it_was_opened_for(broker: BrokerProcess,
     same UUID (a re-provisioned VM), even within its session window."""
     dom = vms.define(conn, "broker-test-rerun", vms.TCP)
     try:
-        link = mint(broker, dom.name())["console_url"]
+        link = broker.mint(dom.name())["console_url"]
         answer = httpx.get(link, follow_redirects=False, timeout=10)
         assert answer.status_code == 303
         cookie = "; ".join(f"{name}={value}" for name, value in answer.cookies.items())

@@ -31,12 +31,6 @@ def locked_vm(conn: libvirt.virConnect):
     vms.remove(conn, dom.name())
 
 
-def mint(broker: BrokerProcess, domain: str) -> dict:
-    response = broker.api("POST", f"/api/v1/domains/{domain}/console")
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 def offered_security_types(url: str) -> list[int]:
     with connect(url) as ws:
         stream = WsBytes(ws)
@@ -47,8 +41,8 @@ def offered_security_types(url: str) -> list[int]:
 
 
 def test_password_protected_console_opens_with_none_offered(broker: BrokerProcess, locked_vm) -> None:
-    assert offered_security_types(mint(broker, locked_vm.name())["websocket_url"]) == [1]
-    with connect(mint(broker, locked_vm.name())["websocket_url"]) as ws:
+    assert offered_security_types(broker.mint(locked_vm.name())["websocket_url"]) == [1]
+    with connect(broker.mint(locked_vm.name())["websocket_url"]) as ws:
         init = handshake(ws)
         assert init.name == f"QEMU ({locked_vm.name()})"
         rectangles, _ = request_update(ws, init)
@@ -56,7 +50,7 @@ def test_password_protected_console_opens_with_none_offered(broker: BrokerProces
 
 
 def test_password_appears_nowhere(broker: BrokerProcess, locked_vm) -> None:
-    minted = mint(broker, locked_vm.name())
+    minted = broker.mint(locked_vm.name())
     with connect(minted["websocket_url"]) as ws:
         handshake(ws)
     listing = broker.api("GET", "/api/v1/domains").text
@@ -71,7 +65,7 @@ def test_password_changed_live_is_read_at_connect_time(broker: BrokerProcess, lo
     )
     locked_vm.updateDeviceFlags(update, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     try:
-        with connect(mint(broker, locked_vm.name())["websocket_url"]) as ws:
+        with connect(broker.mint(locked_vm.name())["websocket_url"]) as ws:
             assert handshake(ws).width > 0
         assert NEW_PASSWORD not in broker.log()
     finally:
@@ -87,7 +81,7 @@ def test_password_changed_behind_libvirts_back_is_a_clear_close(broker: BrokerPr
         capture_output=True,
     )
     try:
-        with connect(mint(broker, locked_vm.name())["websocket_url"]) as ws:
+        with connect(broker.mint(locked_vm.name())["websocket_url"]) as ws:
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     ws.recv(timeout=10)
@@ -128,7 +122,7 @@ def test_client_reset_at_every_handshake_step_closes_the_vnc_connection(broker: 
     """The broker has logged in to QEMU for the browser; a browser that vanishes at any
     point must not leave that connection open (QEMU limits them) nor a traceback."""
     for steps in range(len(HANDSHAKE_STEPS)):
-        ws = RawWebSocket(mint(broker, locked_vm.name())["websocket_url"])
+        ws = RawWebSocket(broker.mint(locked_vm.name())["websocket_url"])
         for step in HANDSHAKE_STEPS[: steps + 1]:
             step(ws)
         ws.reset()

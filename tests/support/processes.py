@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -61,6 +62,12 @@ class BrokerProcess:
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `broker …` as a user on this host would: no flags pointing at the server."""
         return subprocess.run([*BROKER, *args], env=self.env, capture_output=True, text=True, timeout=30, check=check)
+
+    def mint(self, domain: str, **body: object) -> dict[str, Any]:
+        """A console link for `domain` over REST (201, or the test fails)."""
+        response = self.api("POST", f"/api/v1/domains/{domain}/console", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
 
     def api(self, method: str, path: str, **kwargs: object) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.api_key}"}
