@@ -21,7 +21,7 @@ class Transport:
         return self.closed
 
     def get_protocol(self) -> object:
-        return self.protocol
+        return self.protocol  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.closed = True
@@ -37,3 +37,64 @@ def test_a_handshaken_websocket_is_left_alone() -> None:
     transport = Transport(Upgraded(handshake_complete=True))
     _close_unless_handshaken(transport)
     assert not transport.closed
+
+
+def test_the_flag_the_deadline_reads_is_uvicorns_own() -> None:
+    """The fakes above cannot see uvicorn rename `handshake_complete` (the deadline would
+    then cut every WebSocket at header_timeout): drive uvicorn's real protocol through a
+    real upgrade and an accept, and ask the deadline about it."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from broker.splice import SplicingWebSocketProtocol
+    from unit_support import run_async
+
+    async def accept(scope: dict, receive: object, send: object) -> None:
+        await receive()  # type: ignore[operator]
+        await send({"type": "websocket.accept"})  # type: ignore[operator]
+        await receive()  # type: ignore[operator]  # stay open: uvicorn closes when the app returns
+
+    class Socket:
+        closed = False
+
+        def write(self, data: bytes) -> None:
+            pass
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_extra_info(self, name: str, default: object = None) -> object:
+            return default
+
+        def get_protocol(self) -> object:
+            return self.protocol  # type: ignore[attr-defined]
+
+    async def scenario() -> tuple[bool, bool]:
+        config = uvicorn.Config(accept, ws="websockets-sansio")
+        config.load()
+        protocol = SplicingWebSocketProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+        socket = Socket()
+        socket.protocol = protocol  # type: ignore[attr-defined]
+        protocol.connection_made(socket)  # type: ignore[arg-type]
+        before = Socket()
+        before.protocol = protocol  # type: ignore[attr-defined]
+        _close_unless_handshaken(before)  # no upgrade yet: the deadline must close it
+        protocol.data_received(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await asyncio.sleep(0.2)  # the app runs and accepts
+        _close_unless_handshaken(socket)
+        closed = socket.closed
+        protocol.connection_lost(None)  # ends the app's second receive()
+        await asyncio.sleep(0)
+        return before.closed, closed
+
+    closed_before, closed_after = run_async(scenario())
+    assert closed_before, "a WebSocket without its handshake was left open"
+    assert not closed_after, "the deadline closed a WebSocket whose handshake uvicorn completed"
