@@ -46,9 +46,8 @@ from .errors import (
 )
 from .limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
 from .proxy import CLI_SOCKET_SCOPE_KEY
-from .relay import RelayEnd, Traffic, relay
+from .relay import SPLICE_EXTENSION, RelayEnd, Traffic, relay
 from .sessions import COOKIE_NAME, ConsoleSessions
-from .splice import EXTENSION as SPLICE
 from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
 from .vncauth import ClientLeft, authenticate
 
@@ -365,7 +364,7 @@ class Broker:
             if stream.password:
                 await authenticate(websocket, stream, domain.name)
             log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
-            splicer = websocket.scope.get("extensions", {}).get(SPLICE)
+            splicer = websocket.scope.get("extensions", {}).get(SPLICE_EXTENSION)
             if splicer is not None:  # served by our uvicorn protocol: the fast path
                 end = await splicer.splice(
                     stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout, traffic=traffic

@@ -48,6 +48,11 @@ def _size(count: int) -> str:
     return f"{count / (1024 * 1024):.1f} MiB"
 
 
+# The ASGI scope extension under which a faster relay offers itself (broker/splice.py):
+# the app uses it when present, and relay() below when not.
+SPLICE_EXTENSION = "vm-console-broker.splice"
+
+
 class RelayEnd(enum.Enum):
     CLIENT_CLOSED = "client closed"
     BACKEND_CLOSED = "backend closed"

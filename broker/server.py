@@ -10,9 +10,11 @@ import os
 import resource
 import socket
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
+from . import compat
 from .app import Broker, create_app
 from .config import Settings
 from .consoles import LibvirtConsoles
@@ -21,7 +23,6 @@ from .httpguard import QuietLateResponses, guarded_http_protocol
 from .logs import logging_config
 from .proxy import CliSocketRequests, ForwardedHeaders, TrustedProxies
 from .sessions import ConsoleSessions
-from .splice import SplicingWebSocketProtocol
 from .state import (
     StateError,
     bind_unix_socket,
@@ -167,11 +168,12 @@ def serve(settings: Settings) -> None:
             where.get("url"),
         )
     )
+    http_protocol, ws_protocol = protocols(settings.header_timeout)
     config = uvicorn.Config(
         app,
         loop="uvloop",  # libuv's loop: markedly less CPU per relayed message (docs/benchmarks.md)
-        http=guarded_http_protocol(settings.header_timeout),
-        ws=SplicingWebSocketProtocol,
+        http=http_protocol,
+        ws=ws_protocol,
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval or None,
         ws_ping_timeout=settings.ping_timeout,
@@ -193,6 +195,36 @@ def serve(settings: Settings) -> None:
         remove_server_file(server_file, os.getpid())
         _remove_if_ours(settings.uds, uds_file)
         _remove_if_ours(str(cli_path), cli_file)
+
+
+def protocols(header_timeout: float) -> tuple[Any, Any]:
+    """uvicorn's HTTP and WebSocket protocols for this installation: ours, when the library
+    internals they rely on are all there (broker/compat.py), else uvicorn's own, said once."""
+    http: Any = "h11"
+    ws: Any = "websockets-sansio"
+    unmet = compat.missing("httpguard")
+    if unmet:
+        log.warning(
+            "%s: missing %s; serving HTTP with uvicorn's own protocol, without the header_timeout, "
+            "pipelining and request-head guards",
+            compat.versions(),
+            ", ".join(r.name for r in unmet),
+        )
+    else:
+        http = guarded_http_protocol(header_timeout)
+    unmet = compat.missing("splice")
+    if unmet:
+        log.warning(
+            "%s: missing %s; relaying every console through the generic ASGI relay, without the fast "
+            "path and the bounds on clients that stop reading",
+            compat.versions(),
+            ", ".join(r.name for r in unmet),
+        )
+    else:
+        from .splice import SplicingWebSocketProtocol  # leans on those internals: imported once they check out
+
+        ws = SplicingWebSocketProtocol
+    return http, ws
 
 
 def warn_if_any_host_is_trusted(settings: Settings) -> None:

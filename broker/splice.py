@@ -26,12 +26,11 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from . import zerocopy
 from .backend import BackendConnection
-from .relay import RelayEnd, Traffic
+from .relay import SPLICE_EXTENSION, RelayEnd, Traffic
 from .wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header
 
 log = logging.getLogger("broker.splice")
 
-EXTENSION = "vm-console-broker.splice"
 # Below this size, copying the payload behind its header costs less than a vectored write.
 VECTORED_WRITE_FROM = 4096
 FIN_BINARY = FIN | OP_BINARY
@@ -93,7 +92,7 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:
-            scope["extensions"][EXTENSION] = self
+            scope["extensions"][SPLICE_EXTENSION] = self
         self._bound_close()  # a refused handshake is closed at once
 
     # -- a client that does not read: bounded backlog, bounded close --------------------

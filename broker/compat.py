@@ -1,0 +1,159 @@
+"""What the broker's fast paths take from uvicorn, websockets and h11 beyond their public
+API, in one list, checked once at start.
+
+broker/splice.py (the relay's fast path, and the bounds on clients that stop reading) and
+broker/wsframes.py subclass uvicorn's websockets protocol and read websockets' sans-I/O
+parser; broker/httpguard.py subclasses uvicorn's h11 protocol and reads h11's buffer.
+A release that renames any of these would otherwise fail session by session, or worse,
+silently (a renamed flag read with a default). When something here is missing, `broker
+serve` logs one warning naming it and the installed versions, and serves with uvicorn's own
+protocols instead: every session through the generic ASGI relay (broker/relay.py), without
+the header guard and the ping-flood bounds, which live in the subclasses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Requirement:
+    library: str
+    name: str  # what is used, as "module:Class.attribute"
+    present: Callable[[], bool]
+    used_by: str  # "splice" (the WebSocket fast path) or "httpguard" (the HTTP guard)
+
+
+def _attribute(path: str) -> Any:
+    module, _, dotted = path.partition(":")
+    value: Any = importlib.import_module(module)
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _has(path: str) -> Callable[[], bool]:
+    """The class or module attribute exists (a method, a constant)."""
+
+    def check() -> bool:
+        try:
+            _attribute(path)
+        except (ImportError, AttributeError):
+            return False
+        return True
+
+    return check
+
+
+def _assigns(path: str, attribute: str) -> Callable[[], bool]:
+    """The function at `path` stores `self.<attribute>` (instance attributes are set in
+    __init__ or a handler, so they can only be seen in its code)."""
+
+    def check() -> bool:
+        try:
+            function = _attribute(path)
+        except (ImportError, AttributeError):
+            return False
+        return attribute in getattr(getattr(function, "__code__", None), "co_names", ())
+
+    return check
+
+
+def _websockets_parser() -> bool:
+    """ServerProtocol keeps a generator parser, a reader with a buffer, current_size and
+    parser_exc on its instances (broker/splice.py reader_may_take_over)."""
+    try:
+        from websockets.server import ServerProtocol
+
+        protocol: Any = ServerProtocol()
+        return (
+            hasattr(protocol.parser, "gi_yieldfrom")
+            and hasattr(protocol.reader, "buffer")
+            and hasattr(protocol, "current_size")
+            and hasattr(protocol, "parser_exc")
+        )
+    except (ImportError, AttributeError):
+        return False
+
+
+_SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol"
+_H11 = "uvicorn.protocols.http.h11_impl:H11Protocol"
+
+REQUIREMENTS: list[Requirement] = [
+    *(
+        Requirement("uvicorn", f"{_SANSIO}.{method}", _has(f"{_SANSIO}.{method}"), "splice")
+        for method in (
+            "handle_connect",
+            "handle_ping",
+            "handle_close",
+            "handle_parser_exception",
+            "send_receive_event_to_app",
+            "keepalive_timeout",
+            "run_asgi",
+            "send",
+            "data_received",
+            "pause_writing",
+            "resume_writing",
+            "connection_lost",
+        )
+    ),
+    *(
+        Requirement("uvicorn", f"{_SANSIO}.{attribute}", _assigns(f"{_SANSIO}.__init__", attribute), "splice")
+        for attribute in (
+            "queue",
+            "read_paused",
+            "close_sent",
+            "disconnected",
+            "close_timeout",
+            "frames",
+            "curr_msg_data_type",
+            "conn",
+            "transport",
+            "handshake_complete",
+        )
+    ),
+    *(
+        Requirement("uvicorn", f"{_SANSIO}.{attribute}", _assigns(f"{_SANSIO}.handle_connect", attribute), "splice")
+        for attribute in ("request", "response", "scope")
+    ),
+    Requirement("websockets", "websockets.server:ServerProtocol parser internals", _websockets_parser, "splice"),
+    Requirement("websockets", "websockets.frames:apply_mask", _has("websockets.frames:apply_mask"), "splice"),
+    *(
+        Requirement("uvicorn", f"{_H11}.{method}", _has(f"{_H11}.{method}"), "httpguard")
+        for method in (
+            "handle_websocket_upgrade",
+            "on_response_complete",
+            "handle_events",
+            "data_received",
+            "connection_made",
+            "connection_lost",
+        )
+    ),
+    *(
+        Requirement("uvicorn", f"{_H11}.{attribute}", _assigns(f"{_H11}.__init__", attribute), "httpguard")
+        for attribute in ("cycle", "conn", "loop", "transport")
+    ),
+    *(
+        Requirement("h11", f"h11:Connection.{attribute}", _has(f"h11:Connection.{attribute}"), "httpguard")
+        for attribute in ("trailing_data", "their_state", "our_state")
+    ),
+]
+
+
+def missing(used_by: str | None = None) -> list[Requirement]:
+    """The requirements this installation does not meet (of one user, or all)."""
+    return [r for r in REQUIREMENTS if (used_by is None or r.used_by == used_by) and not r.present()]
+
+
+def versions() -> str:
+    found = []
+    for library in ("uvicorn", "websockets", "h11"):
+        try:
+            found.append(f"{library} {importlib.metadata.version(library)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{library} (not installed)")
+    return ", ".join(found)
