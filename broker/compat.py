@@ -141,6 +141,13 @@ REQUIREMENTS: list[Requirement] = [
         Requirement("h11", f"h11:Connection.{attribute}", _has(f"h11:Connection.{attribute}"), "httpguard")
         for attribute in ("trailing_data", "their_state", "our_state")
     ),
+    # The handshake deadline asks the WebSocket protocol whether its handshake is done.
+    Requirement(
+        "uvicorn",
+        f"{_SANSIO}.handshake_complete",
+        _assigns(f"{_SANSIO}.__init__", "handshake_complete"),
+        "httpguard",
+    ),
 ]
 
 
