@@ -93,7 +93,7 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import serve  # imports libvirt and uvicorn: only for this command
+    from .server.run import serve  # imports libvirt and uvicorn: only for this command
 
     serve(load_settings(args.config, listen=args.listen, uds=args.uds, connect=args.connect))
     return 0

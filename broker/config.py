@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .graphics import parse_target
-from .limits import SessionLimits
-from .tokens import MIN_TTL
+from .access.limits import SessionLimits
+from .access.tokens import MIN_TTL
+from .sources.graphics import parse_target
 
 DEFAULT_STATE_DIR = Path("/var/lib/vm-console-broker")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import libvirt
 import pytest
 
-from broker.app import Broker, create_app
-from broker.consoles import LibvirtConsoles, start_libvirt_event_loop
-from broker.tokens import MemoryTokenStore, Tokens
+from broker.access.tokens import MemoryTokenStore, Tokens
+from broker.sources.consoles import LibvirtConsoles, start_libvirt_event_loop
+from broker.web.app import Broker, create_app
 from unit_support import API_KEY, AUTH, TEST_URI, FakeClock, FakeVncServer, mute
 
 with warnings.catch_warnings():

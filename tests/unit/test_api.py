@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker.app import Broker
-from broker.tokens import ConsoleRef, MemoryTokenStore, Tokens
+from broker.access.tokens import ConsoleRef, MemoryTokenStore, Tokens
+from broker.web.app import Broker
 from unit_support import AUTH, BUILTIN_DOMAIN, START_TIME, vnc_graphics
 
 VNC = vnc_graphics(5905)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from broker.app import Broker, create_app
+from broker.access.tokens import MemoryTokenStore, Tokens
 from broker.cli import CliError, _call, main
-from broker.consoles import LibvirtConsoles
+from broker.sources.consoles import LibvirtConsoles
 from broker.state import bind_unix_socket, cli_socket_path, write_server_file
-from broker.tokens import MemoryTokenStore, Tokens
+from broker.web.app import Broker, create_app
 from unit_support import API_KEY, BUILTIN_DOMAIN, TEST_URI, mute, vnc_graphics
 
 

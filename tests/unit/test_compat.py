@@ -1,4 +1,4 @@
-"""The library internals the fast paths lean on (broker/compat.py): met here, and when one
+"""The library internals the fast paths lean on (broker/server/compat.py): met here, and when one
 is not, the broker says so once and still serves every console, through the generic relay."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from broker import compat
+from broker.server import compat
 from support.processes import start_broker
 from support.stream_server import GREETING, StreamServer, command
 
 # Loaded by the broker's interpreter at start (PYTHONPATH): as if a uvicorn and an h11
 # release had renamed something each of our protocols relies on.
 RENAMED_INTERNALS = """
-import broker.compat as c
+import broker.server.compat as c
 c.REQUIREMENTS.append(c.Requirement("uvicorn", "uvicorn:Renamed.attribute", lambda: False, "splice"))
 c.REQUIREMENTS.append(c.Requirement("h11", "h11:Renamed.attribute", lambda: False, "httpguard"))
 """

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import warnings
 
-from broker.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter
-from broker.proxy import ForwardedHeaders, TrustedProxies
+from broker.access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter
+from broker.web.proxy import ForwardedHeaders, TrustedProxies
 from unit_support import API_KEY, AUTH
 
 with warnings.catch_warnings():
@@ -93,7 +93,7 @@ def test_peers_of_a_unix_socket_count_per_socket() -> None:
     """They have no address: each listening socket (nginx's, the CLI's) is one client."""
     from starlette.requests import HTTPConnection
 
-    from broker.app import _key_client
+    from broker.web.app import _key_client
 
     def peer(server: tuple[str, None] | None) -> HTTPConnection:
         return HTTPConnection({"type": "http", "client": None, "server": server, "headers": []})

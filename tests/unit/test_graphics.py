@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.graphics import (
+from broker.sources.graphics import (
     FdEndpoint,
     GraphicsXMLError,
     TcpEndpoint,
@@ -320,7 +320,7 @@ def test_str_of_endpoints(endpoint: object, text: str) -> None:
 
 
 def test_parse_target_forms() -> None:
-    from broker.graphics import parse_target
+    from broker.sources.graphics import parse_target
 
     assert parse_target("tcp:127.0.0.1:5901") == TcpEndpoint("127.0.0.1", 5901)
     assert parse_target("tcp:[::1]:5901") == TcpEndpoint("::1", 5901)

@@ -1,10 +1,10 @@
-"""After an upgrade, the header deadline waits on the transport alone (broker/httpguard.py)."""
+"""After an upgrade, the header deadline waits on the transport alone (broker/server/httpguard.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.httpguard import _close_unless_handshaken
+from broker.server.httpguard import _close_unless_handshaken
 
 
 @dataclass
@@ -48,7 +48,7 @@ def test_the_flag_the_deadline_reads_is_uvicorns_own() -> None:
     import uvicorn
     from uvicorn.server import ServerState
 
-    from broker.splice import SplicingWebSocketProtocol
+    from broker.server.splice import SplicingWebSocketProtocol
     from unit_support import run_async
 
     async def accept(scope: dict, receive: object, send: object) -> None:

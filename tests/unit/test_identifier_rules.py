@@ -10,10 +10,10 @@ import uuid as uuidlib
 
 import pytest
 
-from broker.consoles import MAX_IDENTIFIER_LENGTH, Identifier, LibvirtConsoles
 from broker.errors import INVALID_INPUT, BrokerError
-from broker.graphics import TcpEndpoint
-from broker.static import CombinedConsoles, StaticConsoles
+from broker.sources.consoles import MAX_IDENTIFIER_LENGTH, Identifier, LibvirtConsoles
+from broker.sources.graphics import TcpEndpoint
+from broker.sources.static import CombinedConsoles, StaticConsoles
 from unit_support import TEST_URI, mute, run_async, vnc_graphics
 
 UUID = "6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11"

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker import consoles as consoles_module
 from broker.config import ConfigError, load_settings
-from broker.consoles import LibvirtConsoles
 from broker.errors import LIBVIRT_UNAVAILABLE, BrokerError
+from broker.sources import consoles as consoles_module
+from broker.sources.consoles import LibvirtConsoles
 from unit_support import TEST_URI, mute, run_async
 
 DEADLINE = 0.3

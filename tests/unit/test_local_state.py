@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import Settings
-from broker.server import ensure_api_keys
+from broker.server.run import ensure_api_keys
 from broker.state import NotRunning, ServerInfo, StateError, read_api_key, read_server_file
 
 
@@ -141,7 +141,7 @@ def _limit_after_start(soft: int, hard: int, max_sessions: int) -> tuple[int, st
 
     code = (
         "import logging, resource; logging.basicConfig(level=logging.WARNING);"
-        "from broker.server import raise_open_files_limit;"
+        "from broker.server.run import raise_open_files_limit;"
         f"raise_open_files_limit({max_sessions});"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )

@@ -1,4 +1,4 @@
-"""Pipelined requests and the request-head guard (broker/httpguard.py), on a real broker.
+"""Pipelined requests and the request-head guard (broker/server/httpguard.py), on a real broker.
 
 Several requests in one write reach uvicorn's h11 protocol as one read: it serves the
 first while the others wait, already buffered, in h11. The guard must treat each of
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import h11
 import pytest
 
-from broker.httpguard import (
+from broker.server.httpguard import (
     MAX_HEAD_BYTES,
     MAX_HEAD_LINES,
     MAX_REQUEST_LINE,

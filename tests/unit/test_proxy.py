@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.proxy import apply_forwarded
+from broker.web.proxy import apply_forwarded
 
 
 def scope_with(prefix: str) -> dict:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.rfb import REASON_LIMIT, ClientSide, RFBError, ServerSide, vnc_auth_response
+from broker.kinds.rfb import REASON_LIMIT, ClientSide, RFBError, ServerSide, vnc_auth_response
 
 V33, V37, V38 = b"RFB 003.003\n", b"RFB 003.007\n", b"RFB 003.008\n"
 OK = b"\0\0\0\0"

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from test_wsframes import frame, open_protocol
 
-from broker.relay import RelayEnd
-from broker.splice import SplicingWebSocketProtocol
+from broker.relay.pump import RelayEnd
+from broker.server.splice import SplicingWebSocketProtocol
 
 
 class VncSide:
@@ -74,7 +74,7 @@ def protocol_with_handshake_done() -> SplicingWebSocketProtocol:
 
 def splice_now(protocol: SplicingWebSocketProtocol) -> VncSide:
     """What splice() does to the parsers when it starts."""
-    from broker.splice import ClientFrameReader, reader_may_take_over
+    from broker.server.splice import ClientFrameReader, reader_may_take_over
 
     side = VncSide()
     protocol._sink = side  # type: ignore[assignment]
@@ -129,7 +129,7 @@ def test_nothing_is_relayed_after_websockets_fails_the_connection() -> None:
 def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> None:
     """The server sent bytes and closed before the splice began: the bytes go out, then the
     session ends (the close was once reported first, and the bytes dropped)."""
-    from broker.backend import BackendConnection
+    from broker.relay.backend import BackendConnection
 
     async def scenario() -> tuple[RelayEnd, bytes]:
         protocol = protocol_with_handshake_done()
@@ -150,7 +150,7 @@ def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> 
 def test_nothing_after_a_session_ending_frame_reaches_the_vnc_server() -> None:
     """A text frame ends the session (4302): binary frames behind it in the same read are
     not the session's any more and must not be written to the VNC server."""
-    from broker.backend import BackendConnection
+    from broker.relay.backend import BackendConnection
 
     async def scenario() -> tuple[RelayEnd, bytes]:
         protocol = protocol_with_handshake_done()

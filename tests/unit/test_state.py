@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from broker.config import Settings
-from broker.server import bind_socket, ensure_api_keys
+from broker.server.run import bind_socket, ensure_api_keys
 from support.processes import BROKER, start_broker
 from unit_support import free_port
 

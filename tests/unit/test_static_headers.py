@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.app import PAGE_HEADERS
+from broker.web.app import PAGE_HEADERS
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.access.tokens import ConsoleRef, Grant, MemoryTokenStore, Tokens, digest_of
 from broker.errors import (
     TOKEN_EXPIRED,
     TOKEN_INVALID,
@@ -18,7 +19,6 @@ from broker.errors import (
     BrokerError,
     Failure,
 )
-from broker.tokens import ConsoleRef, Grant, MemoryTokenStore, Tokens, digest_of
 from unit_support import FakeClock
 
 REF = ConsoleRef("c7a5fdbd-edaf-9455-926a-d65c16db1809", 1)
@@ -267,7 +267,7 @@ def test_any_string_only_ever_raises_broker_error(token: str) -> None:
 
 
 def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
-    from broker.limits import RateLimiter
+    from broker.access.limits import RateLimiter
 
     clock = FakeClock()
     limiter = RateLimiter(rate_per_minute=60, burst=3, clock=clock)

@@ -8,8 +8,8 @@ import time
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
-import broker.app
-from broker.tokens import digest_of
+import broker.web.app
+from broker.access.tokens import digest_of
 from unit_support import FakeVncServer, free_port, vnc_graphics
 
 FORGED = "A" * 43
@@ -132,7 +132,7 @@ def test_own_origin_is_allowed(api, unreachable) -> None:
 
 @pytest.fixture(autouse=True)
 def _quick_stop_confirmation(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker.app, "STOP_CONFIRM_SECONDS", 0.2)
+    monkeypatch.setattr(broker.web.app, "STOP_CONFIRM_SECONDS", 0.2)
 
 
 @pytest.fixture

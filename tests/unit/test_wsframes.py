@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from broker.splice import parser_between_frames
-from broker.wsframes import ClientFrameReader, server_frame_header
+from broker.relay.wsframes import ClientFrameReader, server_frame_header
+from broker.server.splice import parser_between_frames
 
 HANDSHAKE = (
     b"GET /websockify HTTP/1.1\r\nHost: broker\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

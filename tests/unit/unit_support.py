@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from broker.consoles import LibvirtConsoles
+from broker.sources.consoles import LibvirtConsoles
 
 T = TypeVar("T")
 

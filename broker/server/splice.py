@@ -24,10 +24,10 @@ from typing import Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from . import zerocopy
-from .backend import BackendConnection
-from .relay import SPLICE_EXTENSION, RelayEnd, Traffic
-from .wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header
+from ..relay import zerocopy
+from ..relay.backend import BackendConnection
+from ..relay.pump import SPLICE_EXTENSION, RelayEnd, Traffic
+from ..relay.wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header
 
 log = logging.getLogger("broker.splice")
 

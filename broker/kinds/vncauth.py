@@ -1,4 +1,4 @@
-"""VNC authentication on the user's behalf: the I/O around broker/rfb.py's machines.
+"""VNC authentication on the user's behalf: the I/O around broker/kinds/rfb.py's machines.
 
 When a console has a password, the broker logs in to QEMU itself and then offers the
 browser security type None, so the password never leaves the broker. QEMU goes first:
@@ -12,8 +12,8 @@ import asyncio
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .consoles import Stream
-from .errors import VNC_AUTH_FAILED, VNC_HANDSHAKE_FAILED, BrokerError
+from ..errors import VNC_AUTH_FAILED, VNC_HANDSHAKE_FAILED, BrokerError
+from ..sources.consoles import Stream
 from .rfb import ClientSide, RFBError, ServerSide
 
 HANDSHAKE_TIMEOUT = 30.0

@@ -14,16 +14,14 @@ from typing import Any
 
 import uvicorn
 
-from . import compat
-from .app import Broker, create_app
-from .config import Settings
-from .consoles import LibvirtConsoles
-from .graphics import parse_target
-from .httpguard import QuietLateResponses, guarded_http_protocol
-from .logs import logging_config
-from .proxy import CliSocketRequests, ForwardedHeaders, TrustedProxies
-from .sessions import ConsoleSessions
-from .state import (
+from ..access.sessions import ConsoleSessions
+from ..access.tokens import MemoryTokenStore, Tokens
+from ..config import Settings
+from ..logs import logging_config
+from ..sources.consoles import LibvirtConsoles
+from ..sources.graphics import parse_target
+from ..sources.static import CombinedConsoles, StaticConsoles
+from ..state import (
     StateError,
     bind_unix_socket,
     cli_socket_path,
@@ -33,8 +31,10 @@ from .state import (
     same_file,
     write_server_file,
 )
-from .static import CombinedConsoles, StaticConsoles
-from .tokens import MemoryTokenStore, Tokens
+from ..web.app import Broker, create_app
+from ..web.proxy import CliSocketRequests, ForwardedHeaders, TrustedProxies
+from . import compat
+from .httpguard import QuietLateResponses, guarded_http_protocol
 
 log = logging.getLogger("broker.server")
 
@@ -199,7 +199,7 @@ def serve(settings: Settings) -> None:
 
 def protocols(header_timeout: float) -> tuple[Any, Any]:
     """uvicorn's HTTP and WebSocket protocols for this installation: ours, when the library
-    internals they rely on are all there (broker/compat.py), else uvicorn's own, said once."""
+    internals they rely on are all there (broker/server/compat.py), else uvicorn's own, said once."""
     http: Any = "h11"
     ws: Any = "websockets-sansio"
     unmet = compat.missing("httpguard")

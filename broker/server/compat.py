@@ -1,13 +1,13 @@
 """What the broker's fast paths take from uvicorn, websockets and h11 beyond their public
 API, in one list, checked once at start.
 
-broker/splice.py (the relay's fast path, and the bounds on clients that stop reading) and
-broker/wsframes.py subclass uvicorn's websockets protocol and read websockets' sans-I/O
-parser; broker/httpguard.py subclasses uvicorn's h11 protocol and reads h11's buffer.
+broker/server/splice.py (the relay's fast path, and the bounds on clients that stop reading) and
+broker/relay/wsframes.py subclass uvicorn's websockets protocol and read websockets' sans-I/O
+parser; broker/server/httpguard.py subclasses uvicorn's h11 protocol and reads h11's buffer.
 A release that renames any of these would otherwise fail session by session, or worse,
 silently (a renamed flag read with a default). When something here is missing, `broker
 serve` logs one warning naming it and the installed versions, and serves with uvicorn's own
-protocols instead: every session through the generic ASGI relay (broker/relay.py), without
+protocols instead: every session through the generic ASGI relay (broker/relay/pump.py), without
 the header guard and the ping-flood bounds, which live in the subclasses.
 """
 
@@ -65,7 +65,7 @@ def _assigns(path: str, attribute: str) -> Callable[[], bool]:
 
 def _websockets_parser() -> bool:
     """ServerProtocol keeps a generator parser, a reader with a buffer, current_size and
-    parser_exc on its instances (broker/splice.py reader_may_take_over)."""
+    parser_exc on its instances (broker/server/splice.py reader_may_take_over)."""
     try:
         from websockets.server import ServerProtocol
 

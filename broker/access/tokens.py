@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from .errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING, TOKEN_REVOKED, TOKEN_USED, BrokerError
+from ..errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING, TOKEN_REVOKED, TOKEN_USED, BrokerError
 
 TOKEN_BYTES = 32
 # The shortest lifetime a link may be given: one that expires before anyone can open it

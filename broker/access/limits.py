@@ -1,7 +1,7 @@
 """Limits that keep one client from using up the broker: session caps and rate limiters.
 
 Pure: the guard on request heads and upgrades, which lives inside uvicorn's HTTP
-protocol, is broker/httpguard.py.
+protocol, is broker/server/httpguard.py.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .consoles import DomainInfo, Stream
-from .errors import (
+from ..sources.consoles import DomainInfo, Stream
+from ..errors import (
     BUSY,
     CONSOLE_CLOSED,
     IDLE_TIMEOUT,
@@ -44,16 +44,16 @@ from .errors import (
     VM_STOPPED,
     BrokerError,
 )
-from .limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
+from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
 from .proxy import CLI_SOCKET_SCOPE_KEY
-from .relay import SPLICE_EXTENSION, RelayEnd, Traffic, relay
-from .sessions import COOKIE_NAME, ConsoleSessions
-from .tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
-from .vncauth import ClientLeft, authenticate
+from ..relay.pump import SPLICE_EXTENSION, RelayEnd, Traffic, relay
+from ..access.sessions import COOKIE_NAME, ConsoleSessions
+from ..access.tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
+from ..kinds.vncauth import ClientLeft, authenticate
 
 log = logging.getLogger("broker.app")
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 # The console page and its links: never cached, never leak the URL onwards.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",

@@ -48,7 +48,7 @@ def _size(count: int) -> str:
     return f"{count / (1024 * 1024):.1f} MiB"
 
 
-# The ASGI scope extension under which a faster relay offers itself (broker/splice.py):
+# The ASGI scope extension under which a faster relay offers itself (broker/server/splice.py):
 # the app uses it when present, and relay() below when not.
 SPLICE_EXTENSION = "vm-console-broker.splice"
 

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from .backend import BackendConnection
-from .errors import (
+from ..access.tokens import ConsoleRef
+from ..errors import (
     CONSOLE_UNREACHABLE,
     DOMAIN_NOT_FOUND,
     DOMAIN_NOT_RUNNING,
@@ -38,8 +38,8 @@ from .errors import (
     TOKEN_REVOKED,
     BrokerError,
 )
+from ..relay.backend import BackendConnection
 from .graphics import Endpoint, FdEndpoint, GraphicsXMLError, TcpEndpoint, UnixEndpoint, VncConsole, parse_graphics
-from .tokens import ConsoleRef
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from .errors import SESSION_ENDED, BrokerError
+from ..errors import SESSION_ENDED, BrokerError
 from .tokens import TOKEN_BYTES, Grant, TokenStore, digest_of, is_token_shaped
 
 COOKIE_NAME = "broker_console"

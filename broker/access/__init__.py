@@ -1,0 +1,1 @@
+"""Who may open what: console links (tokens), console-page sessions, rate limits."""

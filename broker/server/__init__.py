@@ -1,0 +1,1 @@
+"""Running it: uvicorn, sockets, the splicing protocol, the HTTP guard, the internals check."""

@@ -1,0 +1,1 @@
+"""Where consoles are: libvirt (the only importer of libvirt), domain XML, static consoles."""

@@ -1,0 +1,1 @@
+"""The Starlette app: REST API, console page, WebSocket endpoints, forwarded headers."""
