@@ -202,29 +202,28 @@ def protocols(header_timeout: float) -> tuple[Any, Any]:
     internals they rely on are all there (broker/server/compat.py), else uvicorn's own, said once."""
     http: Any = "h11"
     ws: Any = "websockets-sansio"
-    unmet = compat.missing("httpguard")
-    if unmet:
-        log.warning(
-            "%s: missing %s; serving HTTP with uvicorn's own protocol, without the header_timeout, "
-            "pipelining and request-head guards",
-            compat.versions(),
-            ", ".join(r.name for r in unmet),
-        )
-    else:
+    if _internals_present(
+        "httpguard",
+        "serving HTTP with uvicorn's own protocol, without the header_timeout, pipelining and request-head guards",
+    ):
         http = guarded_http_protocol(header_timeout)
-    unmet = compat.missing("splice")
-    if unmet:
-        log.warning(
-            "%s: missing %s; relaying every console through the generic ASGI relay, without the fast "
-            "path and the bounds on clients that stop reading",
-            compat.versions(),
-            ", ".join(r.name for r in unmet),
-        )
-    else:
+    if _internals_present(
+        "splice",
+        "relaying every console through the generic ASGI relay, without the fast path and the "
+        "bounds on clients that stop reading",
+    ):
         from .splice import SplicingWebSocketProtocol  # leans on those internals: imported once they check out
 
         ws = SplicingWebSocketProtocol
     return http, ws
+
+
+def _internals_present(used_by: str, otherwise: str) -> bool:
+    """Whether every internal `used_by` relies on is there; if not, say what is missing once."""
+    unmet = compat.missing(used_by)
+    if unmet:
+        log.warning("%s: missing %s; %s", compat.versions(), ", ".join(r.name for r in unmet), otherwise)
+    return not unmet
 
 
 def warn_if_any_host_is_trusted(settings: Settings) -> None:
