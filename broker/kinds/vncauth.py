@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import VNC_AUTH_FAILED, VNC_HANDSHAKE_FAILED, BrokerError
 from ..sources.consoles import Stream
@@ -26,18 +26,14 @@ class ClientLeft(Exception):
 async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout: float = HANDSHAKE_TIMEOUT) -> None:
     """Log in to the VNC server with stream.password, then hand the browser a None handshake.
 
-    Raises BrokerError (with a reason for the browser) or ClientLeft; every way the
-    browser can vanish (a close, a reset while we send, a disconnect already seen) is
-    ClientLeft, so the caller ends the session quietly and closes the VNC connection.
+    Raises BrokerError (with a reason for the browser) or ClientLeft; both ways the browser
+    can vanish (its disconnect received, a send to it failing) are ClientLeft, so the
+    caller ends the session quietly and closes the VNC connection.
     """
     try:
         await asyncio.wait_for(_both_sides(websocket, stream), timeout)
     except WebSocketDisconnect:  # Starlette's word for a send to a browser that has gone
         raise ClientLeft from None
-    except RuntimeError:  # Starlette: "Cannot call receive once a disconnect message has been received"
-        if WebSocketState.DISCONNECTED in (websocket.client_state, websocket.application_state):
-            raise ClientLeft from None
-        raise
     except TimeoutError:
         raise BrokerError(
             VNC_HANDSHAKE_FAILED, f"The VNC handshake with {name!r} took longer than {timeout:g} s."
