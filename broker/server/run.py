@@ -42,13 +42,17 @@ log = logging.getLogger("broker.server")
 def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
     """Configured keys, else the host's own key file, created (0600) on first start.
 
-    The state dir and key file are checked first (broker/state.py): one that others may
-    write, or a key they may read, stops the broker rather than being used.
+    The state dir is prepared and checked first, also with configured keys (server.json
+    and the CLI socket live there), and so is the key file (broker/state.py): one that
+    others may write, or a key they may read, stops the broker rather than being used.
     """
+    try:
+        prepare_state_dir(settings.state_dir)
+    except StateError as exc:
+        raise SystemExit(f"broker: {exc}") from None
     if settings.api_keys:
         return settings.api_keys
     try:
-        prepare_state_dir(settings.state_dir)
         existed = settings.api_key_file.exists()
         key = load_or_create_api_key(settings.state_dir)
     except StateError as exc:
@@ -126,10 +130,6 @@ class BrokerServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings.log_level))
-    try:
-        prepare_state_dir(settings.state_dir)  # even with configured keys: server.json lives there
-    except StateError as exc:
-        raise SystemExit(f"broker: {exc}") from None
     keys = ensure_api_keys(settings)
     raise_open_files_limit(settings.limits.max_sessions)
     targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
