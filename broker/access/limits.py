@@ -24,8 +24,8 @@ class SessionLimits:
     mint_burst: int = 30
 
 
-# Failed API-key attempts one client address may make (AUTH_FAILURE_BURST at once, then
-# AUTH_FAILURE_RATE a minute) before its requests get 429 without their key being looked at.
+# Failed API-key attempts one client may make (AUTH_FAILURE_BURST at once, then
+# AUTH_FAILURE_RATE a minute) before its wrong keys get 429 (a valid key is always served).
 AUTH_FAILURE_BURST = 20
 AUTH_FAILURE_RATE = 10.0
 

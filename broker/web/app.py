@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import html
 import json
@@ -159,6 +158,9 @@ class Broker:
         self.web_dir = web_dir
         self.limits = limits = limits or SessionLimits()
         self.mint_limiter = RateLimiter(limits.mint_rate, limits.mint_burst)
+        # Failed API-key attempts per client (_key_client): AUTH_FAILURE_BURST, then
+        # AUTH_FAILURE_RATE a minute.
+        self.failed_keys = RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
         # Live sessions by domain UUID, so they can be ended from outside with a reason.
         self.live: dict[str, set[LiveSession]] = {}
         self.session_count = 0
@@ -243,12 +245,6 @@ class Broker:
             )
         self.key_refused(request, client)
         raise BrokerError(UNAUTHORIZED)
-
-    @functools.cached_property
-    def failed_keys(self) -> RateLimiter:
-        """Failed API-key attempts per client address (as the app sees it: behind a trusted
-        proxy, X-Forwarded-For), AUTH_FAILURE_BURST then AUTH_FAILURE_RATE a minute."""
-        return RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
 
     def key_refused(self, request: Request, client: str) -> None:
         """Count a failed attempt and log it: who and where, never what key was presented."""
