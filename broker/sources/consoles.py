@@ -188,27 +188,26 @@ class LibvirtConsoles:
 
     # -- running blocking libvirt calls -------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any, discard: Callable[[T], Any] | None = None) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, discard: Callable[[T], Any] | None = None) -> T:
         """Run fn(conn, *args) on the worker thread, within the deadline.
 
-        On a timeout the worker is given up (see _give_up); `discard` then receives the
-        result if the call ever returns one, so that nothing it holds (a file descriptor)
-        leaks.
+        On a timeout the worker is given up (see _give_up). After a timeout or a
+        cancellation `discard` receives the result if the call ever returns one, so that
+        nothing it holds (a file descriptor) leaks.
         """
         self._loop = asyncio.get_running_loop()
         worker = self._current_worker()
         future = worker.submit(fn, *args)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
-        except TimeoutError:
-            self._give_up(worker)
+        except (TimeoutError, asyncio.CancelledError) as exc:  # cancelled: our caller went away (shutdown)
             if discard is not None:
                 future.add_done_callback(lambda done: _discard_result(done, discard))
-            raise BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt did not answer within {self.timeout:g} s.") from None
-        except asyncio.CancelledError:  # our caller went away (shutdown): same, without giving up the worker
-            if discard is not None:
-                future.add_done_callback(lambda done: _discard_result(done, discard))
-            raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            error = BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt did not answer within {self.timeout:g} s.")
+            self._give_up(worker, error)
+            raise error from None
 
     def _current_worker(self) -> _Worker:
         """The live worker, or a fresh one (with a fresh connection) after one was given up."""
@@ -224,7 +223,7 @@ class LibvirtConsoles:
         self._worker = _Worker(self, self._workers_started)
         return self._worker
 
-    def _give_up(self, worker: _Worker) -> None:
+    def _give_up(self, worker: _Worker, error: BrokerError) -> None:
         """A call on `worker` missed its deadline: leave that thread and its connection behind.
 
         The stuck call returns when libvirtd answers again or when libvirt's keepalive
@@ -234,16 +233,13 @@ class LibvirtConsoles:
             return  # already given up by an earlier timeout
         self._worker = None
         self._stuck.append(worker)
-        worker.abandon(BrokerError(LIBVIRT_UNAVAILABLE, f"libvirt did not answer within {self.timeout:g} s."))
+        worker.abandon(error)  # the calls queued behind the stuck one fail with it
         log.warning(
             "libvirt at %s did not answer within %g s; giving up on that connection (%d call(s) stuck)",
             self.uri,
             self.timeout,
             len(self._stuck),
         )
-
-    async def run(self, fn: Callable[..., T], *args: Any, discard: Callable[[T], Any] | None = None) -> T:
-        return await self._call(fn, *args, discard=discard)
 
     # -- queries -----------------------------------------------------------------------
 
