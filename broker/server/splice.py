@@ -50,7 +50,7 @@ AFTER_CLOSE_LIMIT = 64 * 1024
 # uvicorn waits 10 s for the close reply; the whole close may take this long before abort().
 CLOSE_REPLY_TIMEOUT = 5.0
 CLOSE_DEADLINE = 10.0
-PONG = 0x80 | 0x0A  # a final, unmasked pong frame's first byte, as websockets serializes it
+PONG = bytes((0x80 | 0x0A,))  # a final, unmasked pong frame's first byte, as websockets serializes it
 
 
 def reader_may_take_over(conn: Any) -> bool:
@@ -111,8 +111,8 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         if not (self.close_sent or self.transport.is_closing() or self.client_backlog() > CLIENT_BACKLOG_LIMIT):
             self.transport.write(b"".join(output))
             return
-        pongs = [chunk for chunk in output if chunk[:1] == bytes((PONG,))]
-        rest = [chunk for chunk in output if chunk[:1] != bytes((PONG,))]
+        pongs = [chunk for chunk in output if chunk[:1] == PONG]
+        rest = [chunk for chunk in output if chunk[:1] != PONG]
         if rest:
             self.transport.write(b"".join(rest))
         if not self.close_sent and not self.transport.is_closing():
@@ -144,9 +144,7 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _abort(self) -> None:
         if not self.disconnected:
-            transport = self.transport
-            real = transport._transport if isinstance(transport, _HeldWrites) else transport
-            real.abort()
+            self.transport.abort()  # while writes are held, _HeldWrites passes abort() on
 
     async def send(self, message: Any) -> None:
         await super().send(message)
