@@ -80,74 +80,42 @@ def _websockets_parser() -> bool:
         return False
 
 
+def _attributes(library: str, owner: str, names: tuple[str, ...], used_by: str) -> list[Requirement]:
+    """Attributes of the class `owner` ("module:Class"): methods, constants."""
+    return [Requirement(library, f"{owner}.{name}", _has(f"{owner}.{name}"), used_by) for name in names]
+
+
+def _stored(library: str, owner: str, by: str, names: tuple[str, ...], used_by: str) -> list[Requirement]:
+    """Instance attributes that the method `by` of the class `owner` stores."""
+    return [Requirement(library, f"{owner}.{name}", _assigns(f"{owner}.{by}", name), used_by) for name in names]
+
+
 _SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol"
 _H11 = "uvicorn.protocols.http.h11_impl:H11Protocol"
+_SANSIO_METHODS = (
+    "handle_connect", "handle_ping", "handle_close", "handle_parser_exception", "send_receive_event_to_app",
+    "keepalive_timeout", "run_asgi", "send", "data_received", "pause_writing", "resume_writing", "connection_lost",
+)  # fmt: skip
+_SANSIO_STATE = (
+    "queue", "read_paused", "close_sent", "disconnected", "close_timeout", "frames", "curr_msg_data_type", "conn",
+    "transport", "handshake_complete",
+)  # fmt: skip
+_H11_METHODS = (
+    "handle_websocket_upgrade", "on_response_complete", "handle_events", "data_received", "connection_made",
+    "connection_lost",
+)  # fmt: skip
 
 REQUIREMENTS: list[Requirement] = [
-    *(
-        Requirement("uvicorn", f"{_SANSIO}.{method}", _has(f"{_SANSIO}.{method}"), "splice")
-        for method in (
-            "handle_connect",
-            "handle_ping",
-            "handle_close",
-            "handle_parser_exception",
-            "send_receive_event_to_app",
-            "keepalive_timeout",
-            "run_asgi",
-            "send",
-            "data_received",
-            "pause_writing",
-            "resume_writing",
-            "connection_lost",
-        )
-    ),
-    *(
-        Requirement("uvicorn", f"{_SANSIO}.{attribute}", _assigns(f"{_SANSIO}.__init__", attribute), "splice")
-        for attribute in (
-            "queue",
-            "read_paused",
-            "close_sent",
-            "disconnected",
-            "close_timeout",
-            "frames",
-            "curr_msg_data_type",
-            "conn",
-            "transport",
-            "handshake_complete",
-        )
-    ),
-    *(
-        Requirement("uvicorn", f"{_SANSIO}.{attribute}", _assigns(f"{_SANSIO}.handle_connect", attribute), "splice")
-        for attribute in ("request", "response", "scope")
-    ),
+    *_attributes("uvicorn", _SANSIO, _SANSIO_METHODS, "splice"),
+    *_stored("uvicorn", _SANSIO, "__init__", _SANSIO_STATE, "splice"),
+    *_stored("uvicorn", _SANSIO, "handle_connect", ("request", "response", "scope"), "splice"),
     Requirement("websockets", "websockets.server:ServerProtocol parser internals", _websockets_parser, "splice"),
     Requirement("websockets", "websockets.frames:apply_mask", _has("websockets.frames:apply_mask"), "splice"),
-    *(
-        Requirement("uvicorn", f"{_H11}.{method}", _has(f"{_H11}.{method}"), "httpguard")
-        for method in (
-            "handle_websocket_upgrade",
-            "on_response_complete",
-            "handle_events",
-            "data_received",
-            "connection_made",
-            "connection_lost",
-        )
-    ),
-    *(
-        Requirement("uvicorn", f"{_H11}.{attribute}", _assigns(f"{_H11}.__init__", attribute), "httpguard")
-        for attribute in ("cycle", "conn", "loop", "transport")
-    ),
-    *(
-        Requirement("h11", f"h11:Connection.{attribute}", _has(f"h11:Connection.{attribute}"), "httpguard")
-        for attribute in ("trailing_data", "their_state", "our_state")
-    ),
+    *_attributes("uvicorn", _H11, _H11_METHODS, "httpguard"),
+    *_stored("uvicorn", _H11, "__init__", ("cycle", "conn", "loop", "transport"), "httpguard"),
+    *_attributes("h11", "h11:Connection", ("trailing_data", "their_state", "our_state"), "httpguard"),
     # The handshake deadline asks the WebSocket protocol whether its handshake is done.
-    Requirement(
-        "uvicorn",
-        f"{_SANSIO}.handshake_complete",
-        _assigns(f"{_SANSIO}.__init__", "handshake_complete"),
-        "httpguard",
-    ),
+    *_stored("uvicorn", _SANSIO, "__init__", ("handshake_complete",), "httpguard"),
 ]
 
 
