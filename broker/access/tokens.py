@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING, TOKEN_REVOKED, TOKEN_USED, BrokerError
+from ..model import ConsoleRef
 
 TOKEN_BYTES = 32
 # The shortest lifetime a link may be given: one that expires before anyone can open it
@@ -25,18 +26,6 @@ TOKEN_BYTES = 32
 MIN_TTL = 1.0
 # token_urlsafe(32) gives 43 characters of [A-Za-z0-9_-]; anything else is forged.
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
-
-
-@dataclass(frozen=True)
-class ConsoleRef:
-    """What a token opens: a console by the domain's UUID (never its name) and device index,
-    in the run of the domain it was minted for (libvirt's domain ID; None: any run). The
-    run is checked at connect time too, so a lost lifecycle event cannot let a link or a
-    page session open the next run of the same UUID."""
-
-    uuid: str
-    index: int = 0
-    run_id: int | None = None
 
 
 @dataclass(frozen=True)

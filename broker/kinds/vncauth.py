@@ -13,7 +13,7 @@ import asyncio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import VNC_AUTH_FAILED, VNC_HANDSHAKE_FAILED, BrokerError
-from ..sources.consoles import Stream
+from ..model import Stream
 from .rfb import ClientSide, RFBError, ServerSide
 
 HANDSHAKE_TIMEOUT = 30.0

@@ -1,9 +1,11 @@
-"""The VNC side of a console session: a plain asyncio Protocol instead of a StreamReader.
+"""The console side of a session: what the relay needs from it (`Backend`), and the
+socket one (`SocketBackend`) every VNC console uses.
 
-Before the relay starts, bytes are buffered for `read()` (the VNC-auth handshake, the
-generic relay). Once spliced to a WebSocket, every chunk goes straight to the sink
-as it arrives: no copy into a buffer and back out, no task switch, no pause and resume
-of reading per chunk. That is where asyncio's streams spent most of the downstream time.
+SocketBackend is a plain asyncio Protocol instead of a StreamReader. Before the relay
+starts, bytes are buffered for `read()` (the VNC-auth handshake, the generic relay).
+Once spliced to a WebSocket, every chunk goes straight to the sink as it arrives: no
+copy into a buffer and back out, no task switch, no pause and resume of reading per chunk.
+That is where asyncio's streams spent most of the downstream time.
 """
 
 from __future__ import annotations
@@ -23,7 +25,34 @@ class Sink(Protocol):
     def backend_can_write(self) -> None: ...
 
 
-class BackendConnection(asyncio.Protocol):
+class Backend(Protocol):
+    """What both relays (pump.py, server/splice.py) need from a console's other end: a socket
+    to a VNC server today, a libvirt stream for a serial console."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def write_paused(self) -> bool:
+        """The console cannot take more just now: stop reading the browser."""
+        ...
+
+    @property
+    def socket_transport(self) -> asyncio.Transport | None:
+        """The transport of a socket the kernel may move bytes from (zerocopy.py), or None."""
+        ...
+
+    async def read(self, limit: int) -> bytes: ...
+    async def drain(self) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def splice(self, sink: Sink) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class SocketBackend(asyncio.Protocol):
+    """A console reached over a socket (TCP, UNIX, or one libvirt handed over): a Backend."""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -122,6 +151,10 @@ class BackendConnection(asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def socket_transport(self) -> asyncio.Transport | None:
+        return self.transport
 
     def close(self) -> None:
         if self.transport is not None:

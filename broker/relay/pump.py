@@ -1,8 +1,8 @@
-"""The generic byte pump between a browser's WebSocket and a VNC connection, over ASGI.
+"""The generic byte pump between a browser's WebSocket and a console's Backend, over ASGI.
 
-Knows nothing of libvirt or tokens: it gets an accepted WebSocket and an open
-BackendConnection, moves bytes both ways until one side ends, and says which side it
-was. The broker's own server uses the faster splice (splice.py); this path serves any
+Knows nothing of libvirt, tokens or console kinds: it gets an accepted WebSocket, an open
+Backend and the kind's rule for text frames, moves bytes both ways until one side ends,
+and says which side it was. The broker's own server uses the faster splice (splice.py); this path serves any
 other ASGI server and Starlette's TestClient.
 
 Backpressure both ways, no unbounded queue: each direction is one loop that reads a
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from starlette.websockets import WebSocket
 
-from .backend import BackendConnection
+from .backend import Backend
 
 READ_SIZE = 64 * 1024
 
@@ -29,8 +31,8 @@ class Traffic:
     __slots__ = ("down", "up", "zero_copy")
 
     def __init__(self) -> None:
-        self.down = 0  # bytes VNC server -> browser
-        self.up = 0  # bytes browser -> VNC server
+        self.down = 0  # bytes console -> browser
+        self.up = 0  # bytes browser -> console
         self.zero_copy = 0  # of `down`, bytes the kernel moved without a copy (zerocopy.py)
 
     def summary(self) -> str:
@@ -53,6 +55,24 @@ def _size(count: int) -> str:
 SPLICE_EXTENSION = "vm-console-broker.splice"
 
 
+@dataclass(frozen=True)
+class TextAnswer:
+    """What a console's kind makes of a text frame from the browser (bytes always pass)."""
+
+    reply: str | None = None  # a text frame to send back
+    refused: bool = False  # the session ends: RelayEnd.CLIENT_SENT_TEXT
+
+
+# Per console kind (broker/kinds/rules.py), never the pump's own decision.
+TextRule = Callable[[str], TextAnswer]
+REFUSED = TextAnswer(refused=True)
+
+
+def refuse_text(_text: str) -> TextAnswer:
+    """The rule where the browser never sends text (an RFB client): a text frame ends the session."""
+    return REFUSED
+
+
 class RelayEnd(enum.Enum):
     CLIENT_CLOSED = "client closed"
     BACKEND_CLOSED = "backend closed"
@@ -64,8 +84,9 @@ class RelayEnd(enum.Enum):
 
 async def relay(
     websocket: WebSocket,
-    backend: BackendConnection,
+    backend: Backend,
     *,
+    on_text: TextRule = refuse_text,
     stop: asyncio.Future[None] | None = None,
     idle_timeout: float = 0.0,
     read_size: int = READ_SIZE,
@@ -75,7 +96,7 @@ async def relay(
     `idle_timeout` seconds (0: never); close the stream (not the WebSocket) and say why."""
     activity = _Activity()
     traffic = traffic or Traffic()
-    upstream = asyncio.create_task(_client_to_backend(websocket, backend, activity, traffic))
+    upstream = asyncio.create_task(_client_to_backend(websocket, backend, on_text, activity, traffic))
     downstream = asyncio.create_task(_backend_to_client(backend, websocket, read_size, traffic))
     stopped = asyncio.create_task(idle_or_stopped(stop, activity, idle_timeout))
     tasks = (upstream, downstream, stopped)
@@ -123,7 +144,7 @@ async def idle_or_stopped(stop: asyncio.Future[None] | None, activity: HasLastIn
 
 
 async def _client_to_backend(
-    websocket: WebSocket, backend: BackendConnection, activity: _Activity, traffic: Traffic
+    websocket: WebSocket, backend: Backend, on_text: TextRule, activity: _Activity, traffic: Traffic
 ) -> RelayEnd:
     receive = websocket.receive
     loop = asyncio.get_running_loop()
@@ -134,7 +155,12 @@ async def _client_to_backend(
             return RelayEnd.CLIENT_CLOSED
         data = message.get("bytes")
         if data is None:
-            return RelayEnd.CLIENT_SENT_TEXT
+            answer = on_text(message.get("text") or "")
+            if answer.refused:
+                return RelayEnd.CLIENT_SENT_TEXT
+            if answer.reply is not None:
+                await websocket.send({"type": "websocket.send", "text": answer.reply})
+            continue
         traffic.up += len(data)
         backend.write(data)
         try:
@@ -143,12 +169,10 @@ async def _client_to_backend(
             return RelayEnd.BACKEND_CLOSED
 
 
-async def _backend_to_client(
-    backend: BackendConnection, websocket: WebSocket, read_size: int, traffic: Traffic
-) -> RelayEnd:
+async def _backend_to_client(backend: Backend, websocket: WebSocket, read_size: int, traffic: Traffic) -> RelayEnd:
     send = websocket.send
     while True:
-        data = await backend.read(read_size)  # b"" once the VNC server has closed
+        data = await backend.read(read_size)  # b"" once the console has closed
         if not data:
             return RelayEnd.BACKEND_CLOSED
         traffic.down += len(data)

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from websockets.frames import apply_mask  # type: ignore[attr-defined]  # C version, or its Python fallback
 
-OP_CONTINUATION, OP_BINARY, OP_PONG = 0x0, 0x2, 0xA
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_PONG = 0x0, 0x1, 0x2, 0xA
 FIN, MASKED = 0x80, 0x80
 RSV_BITS = 0x70
 MAX_CONTROL_PAYLOAD = 125
@@ -192,3 +192,10 @@ def server_frame_header(length: int) -> bytes:
     if length < 65536:
         return bytes((FIN | OP_BINARY, 126)) + length.to_bytes(2, "big")
     return bytes((FIN | OP_BINARY, 127)) + length.to_bytes(8, "big")
+
+
+def server_text_frame(text: str) -> bytes:
+    """An unmasked, final text frame: the few control answers a console kind sends."""
+    payload = text.encode()
+    header = server_frame_header(len(payload))
+    return bytes((FIN | OP_TEXT,)) + header[1:] + payload

@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from ..access.sessions import ConsoleSessions
+from ..access.pages import PagePasses
 from ..access.tokens import MemoryTokenStore, Tokens
 from ..config import Settings
 from ..logs import logging_config
@@ -137,7 +137,7 @@ def serve(settings: Settings) -> None:
         StaticConsoles(targets), LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout)
     )
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
-    sessions = ConsoleSessions(MemoryTokenStore(), window=settings.session_window)
+    pages = PagePasses(MemoryTokenStore(), window=settings.session_window)
     sock, where = bind_socket(settings)
     uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
     broker = Broker(
@@ -145,7 +145,7 @@ def serve(settings: Settings) -> None:
         tokens,
         keys,
         settings.public_url,
-        sessions=sessions,
+        pages=pages,
         allowed_origins=settings.allowed_origins,
         allowed_hosts=settings.allowed_hosts,
         limits=settings.limits,

@@ -25,9 +25,9 @@ from typing import Any, cast
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..relay import zerocopy
-from ..relay.backend import BackendConnection
-from ..relay.pump import SPLICE_EXTENSION, RelayEnd, Traffic
-from ..relay.wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header
+from ..relay.backend import Backend
+from ..relay.pump import SPLICE_EXTENSION, RelayEnd, TextRule, Traffic, refuse_text
+from ..relay.wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header, server_text_frame
 
 log = logging.getLogger("broker.splice")
 
@@ -164,14 +164,15 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def splice(
         self,
-        backend: BackendConnection,
+        backend: Backend,
         *,
         stop: asyncio.Future[None],
+        on_text: TextRule = refuse_text,
         idle_timeout: float = 0.0,
         traffic: Traffic | None = None,
     ) -> RelayEnd:
         """Relay until one side ends, `stop` is done, or the browser is idle too long."""
-        sink = _Splice(self, backend, traffic or Traffic())
+        sink = _Splice(self, backend, on_text, traffic or Traffic())
         try:
             # What the browser sent before the splice is still queued for the app: it goes first.
             while not self.queue.empty():
@@ -180,7 +181,10 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
                     return RelayEnd.CLIENT_CLOSED
                 data = cast("bytes | None", message.get("bytes"))
                 if data is None:
-                    return RelayEnd.CLIENT_SENT_TEXT
+                    sink.client_text(cast(str, message.get("text") or ""))
+                    if sink.ended.done():
+                        return sink.ended.result()
+                    continue
                 sink.traffic.up += len(data)
                 backend.write(data)
             # The handshake is long done: its parsed headers are ~4 KiB a session, kept for nothing.
@@ -273,13 +277,13 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if self.curr_msg_data_type == "text":
             try:
-                b"".join(self.frames).decode()
+                text = b"".join(self.frames).decode()
             except UnicodeDecodeError:  # uvicorn closes with 1007 (invalid payload data)
                 super().send_receive_event_to_app()
                 sink.finish(RelayEnd.CLIENT_CLOSED)
                 return
             self.frames = []
-            sink.finish(RelayEnd.CLIENT_SENT_TEXT)
+            sink.client_text(text)
             return
         frames, self.frames = self.frames, []
         sink.client_data(frames)
@@ -329,9 +333,12 @@ class _Splice:
     the VNC server always go through its transport.
     """
 
-    def __init__(self, protocol: SplicingWebSocketProtocol, backend: BackendConnection, traffic: Traffic) -> None:
+    def __init__(
+        self, protocol: SplicingWebSocketProtocol, backend: Backend, on_text: TextRule, traffic: Traffic
+    ) -> None:
         self.protocol = protocol
         self.backend = backend
+        self.on_text = on_text
         self.traffic = traffic
         self.loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[RelayEnd] = self.loop.create_future()
@@ -340,7 +347,8 @@ class _Splice:
         self.browser = protocol.transport  # the real one, also while writes are held
         self.browser_blocked = False  # the browser's write buffer is over its high-water mark
         self.kernel: zerocopy.KernelDownstream | None = None  # while a large update streams
-        self.kernel_possible = backend.transport is not None and zerocopy.worth_it(backend.transport, self.browser)
+        source = backend.socket_transport
+        self.kernel_possible = source is not None and zerocopy.worth_it(source, self.browser)
 
     def finish(self, end: RelayEnd) -> None:
         if not self.ended.done():
@@ -371,6 +379,17 @@ class _Splice:
         self.traffic.up += len(data)
         self.backend.write(data)
         self.check_backend_buffer()
+
+    def client_text(self, text: str) -> None:
+        """A text message from the browser: what it does is the console kind's rule."""
+        if self.ended.done():
+            return
+        self.last_input = self.loop.time()
+        answer = self.on_text(text)
+        if answer.refused:
+            self.finish(RelayEnd.CLIENT_SENT_TEXT)
+        elif answer.reply is not None and not self.protocol.close_sent:
+            self.protocol.transport.write(server_text_frame(answer.reply))
 
     def check_backend_buffer(self) -> None:
         protocol = self.protocol
@@ -429,7 +448,7 @@ class _Splice:
         try:
             self.kernel = zerocopy.KernelDownstream(
                 self.loop,
-                zerocopy.socket_fd(self.backend.transport),  # type: ignore[arg-type]
+                zerocopy.socket_fd(self.backend.socket_transport),  # type: ignore[arg-type]
                 self.browser,
                 hold=self.hold_browser_writes,
                 release=self.release_browser_writes,

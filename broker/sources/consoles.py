@@ -1,7 +1,7 @@
 """Where is the console? The libvirt side of the broker.
 
 Finds domains, reads their VNC graphics from the live XML and opens a stream to
-one. The relay never sees anything from here but an open BackendConnection.
+one. The relay never sees anything from here but an open SocketBackend.
 
 libvirt-python's calls block, so they run on one dedicated worker thread: the
 asyncio loop never waits on libvirtd, and libvirt sees calls one at a time. Each
@@ -21,12 +21,11 @@ import threading
 import uuid as uuidlib
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import libvirt
 
-from ..access.tokens import ConsoleRef
 from ..errors import (
     CONSOLE_UNREACHABLE,
     DOMAIN_NOT_FOUND,
@@ -34,12 +33,12 @@ from ..errors import (
     INVALID_INPUT,
     LIBVIRT_ERROR,
     LIBVIRT_UNAVAILABLE,
-    NO_CONSOLE,
     TOKEN_REVOKED,
     BrokerError,
 )
-from ..relay.backend import BackendConnection
-from .graphics import Endpoint, FdEndpoint, GraphicsXMLError, TcpEndpoint, UnixEndpoint, VncConsole, parse_graphics
+from ..model import ConsoleRef, DomainInfo, FdEndpoint, Stream, TcpEndpoint, UnixEndpoint
+from ..relay.backend import SocketBackend
+from .graphics import GraphicsXMLError, parse_graphics
 
 T = TypeVar("T")
 
@@ -86,58 +85,6 @@ def start_libvirt_event_loop() -> None:
 
         threading.Thread(target=run, name="libvirt-events", daemon=True).start()
         _event_loop_started = True
-
-
-@dataclass(frozen=True)
-class DomainInfo:
-    name: str
-    uuid: str
-    state: str
-    active: bool
-    # Identifies this run of the domain: a restarted domain gets a new ID.
-    run_id: int = -1
-    consoles: list[VncConsole] = field(default_factory=list)
-
-    def console(self, index: int | None = None) -> VncConsole:
-        """The console at `index` (default: the first VNC one), or the reason there is none."""
-        if not self.active:
-            raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {self.name!r} is not running (state: {self.state}).")
-        if not self.consoles:
-            raise BrokerError(NO_CONSOLE, f"Domain {self.name!r} has no VNC graphics device.")
-        if index is None:
-            chosen = self.consoles[0]
-        else:
-            matches = [c for c in self.consoles if c.index == index]
-            if not matches:
-                raise BrokerError(NO_CONSOLE, f"Domain {self.name!r} has no VNC graphics device at index {index}.")
-            chosen = matches[0]
-        if chosen.endpoint is None:
-            raise BrokerError(NO_CONSOLE, f"Domain {self.name!r} has no reachable VNC console: {chosen.unavailable}.")
-        return chosen
-
-    def to_json(self) -> dict[str, Any]:
-        consoles = []
-        for console in self.consoles:
-            entry: dict[str, Any] = {"index": console.index}
-            if self.active and console.endpoint is not None:
-                entry["endpoint"] = str(console.endpoint)
-            else:
-                entry["unavailable"] = console.unavailable or f"domain is {self.state}"
-            consoles.append(entry)
-        body: dict[str, Any] = {"name": self.name, "uuid": self.uuid, "state": self.state, "consoles": consoles}
-        try:
-            self.console()
-        except BrokerError as exc:
-            body["console_unavailable"] = exc.message
-        return body
-
-
-@dataclass
-class Stream:
-    backend: BackendConnection
-    endpoint: Endpoint
-    # The VNC password, read from libvirt at connect time; never logged or shown.
-    password: str | None = field(default=None, repr=False)
 
 
 # A call into a hung libvirtd cannot be cancelled: its worker thread is left behind. At most
@@ -283,7 +230,7 @@ class LibvirtConsoles:
                     f"Cannot connect to the VNC console of {info.name!r} ({endpoint}): {exc.message}",
                 ) from None
             _transport, backend = await asyncio.get_running_loop().create_connection(
-                BackendConnection, sock=socket.socket(fileno=fd)
+                SocketBackend, sock=socket.socket(fileno=fd)
             )
         else:
             backend = await connect_endpoint(info.name, endpoint, self.connect_timeout)
@@ -295,7 +242,7 @@ class LibvirtConsoles:
         if not same_run:
             backend.close()
             raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
-        return info, Stream(backend, endpoint, console.password)
+        return info, Stream(backend, endpoint, password=console.password)
 
     async def still_running(self, uuid: str, run_id: int, *, unknown: bool = True) -> bool:
         """Is this same run of the domain still active? False also when it vanished. When
@@ -435,14 +382,14 @@ def _discard_result(done: Future[T], discard: Callable[[T], Any]) -> None:
         discard(done.result())
 
 
-async def connect_endpoint(name: str, endpoint: TcpEndpoint | UnixEndpoint, timeout: float) -> BackendConnection:
+async def connect_endpoint(name: str, endpoint: TcpEndpoint | UnixEndpoint, timeout: float) -> SocketBackend:
     """Connect to a TCP or UNIX-socket VNC endpoint, or say why not."""
     loop = asyncio.get_running_loop()
     try:
         if isinstance(endpoint, TcpEndpoint):
-            connecting = loop.create_connection(BackendConnection, endpoint.host, endpoint.port)
+            connecting = loop.create_connection(SocketBackend, endpoint.host, endpoint.port)
         else:
-            connecting = loop.create_unix_connection(BackendConnection, endpoint.path)
+            connecting = loop.create_unix_connection(SocketBackend, endpoint.path)
         _transport, backend = await asyncio.wait_for(connecting, timeout)
         return backend
     except (TimeoutError, OSError) as exc:

@@ -7,56 +7,11 @@ connections, so every variant is unit-tested from literal XML.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+
+from ..model import FdEndpoint, TcpEndpoint, UnixEndpoint, VncConsole
 
 # An address QEMU listens on for every interface; we always connect over loopback.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
-
-
-@dataclass(frozen=True)
-class TcpEndpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"vnc://{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class UnixEndpoint:
-    path: str
-
-    def __str__(self) -> str:
-        return f"vnc+unix://{self.path}"
-
-
-@dataclass(frozen=True)
-class FdEndpoint:
-    """No listener: libvirt hands us a connected socket (virDomainOpenGraphicsFD)."""
-
-    index: int
-
-    def __str__(self) -> str:
-        return f"vnc+fd://graphics/{self.index}"
-
-
-Endpoint = TcpEndpoint | UnixEndpoint | FdEndpoint
-
-
-@dataclass(frozen=True)
-class VncConsole:
-    """One `<graphics type='vnc'>` device.
-
-    `index` counts every `<graphics>` element of the domain (VNC or not), because
-    that is the index virDomainOpenGraphicsFD takes. `endpoint` is None while the
-    console cannot be reached, with `unavailable` saying why.
-    """
-
-    index: int
-    endpoint: Endpoint | None
-    unavailable: str | None = None
-    password: str | None = field(default=None, repr=False)
 
 
 class GraphicsXMLError(ValueError):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 
-from ..access.tokens import ConsoleRef
-from .consoles import DomainInfo, Identifier, LibvirtConsoles, Stream, connect_endpoint
-from .graphics import TcpEndpoint, UnixEndpoint, VncConsole
+from ..model import ConsoleRef, DomainInfo, Stream, TcpEndpoint, UnixEndpoint, VncConsole
+from .consoles import Identifier, LibvirtConsoles, connect_endpoint
 
 # Static consoles get stable UUIDs derived from their names, so tokens bind to them alike.
 _NAMESPACE = uuidlib.UUID("6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11")

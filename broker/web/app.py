@@ -26,9 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from ..sources.consoles import DomainInfo, Stream
 from ..errors import (
-    BUSY,
     CONSOLE_CLOSED,
     IDLE_TIMEOUT,
     INVALID_INPUT,
@@ -36,8 +34,6 @@ from ..errors import (
     RATE_LIMITED,
     SESSION_TIME_LIMIT,
     SHUTTING_DOWN,
-    TOO_MANY_SESSIONS,
-    TOO_MANY_VIEWERS,
     UNAUTHORIZED,
     UNSUPPORTED_DATA,
     VM_STOPPED,
@@ -46,9 +42,12 @@ from ..errors import (
 from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
 from .proxy import CLI_SOCKET_SCOPE_KEY
 from ..relay.pump import SPLICE_EXTENSION, RelayEnd, Traffic, relay
-from ..access.sessions import COOKIE_NAME, ConsoleSessions
-from ..access.tokens import ConsoleRef, Grant, MemoryTokenStore, MintedToken, Tokens
+from ..access.pages import COOKIE_NAME, PagePasses
+from ..access.tokens import Grant, MemoryTokenStore, MintedToken, Tokens
+from ..kinds.rules import text_rule
 from ..kinds.vncauth import ClientLeft, authenticate
+from ..live import LiveSession, LiveSessions
+from ..model import ConsoleRef, DomainInfo, Stream
 
 log = logging.getLogger("broker.app")
 
@@ -113,23 +112,6 @@ class ConsoleSource(Protocol):
     async def still_running(self, uuid: str, run_id: int) -> bool: ...
 
 
-class LiveSession:
-    """A relayed console that something outside the relay may need to end, with a reason."""
-
-    def __init__(self, uuid: str, name: str) -> None:
-        self.uuid = uuid
-        self.name = name
-        # A Future, not an Event: one is held per open session, and an Event costs ~8x more.
-        self.stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.reason: BrokerError | None = None
-
-    def end(self, reason: BrokerError) -> None:
-        if self.reason is None:
-            self.reason = reason
-        if not self.stop.done():
-            self.stop.set_result(None)
-
-
 class Broker:
     """Request handlers bound to one console source, one token set and the API keys."""
 
@@ -140,7 +122,7 @@ class Broker:
         api_keys: tuple[str, ...],
         public_url: str | None = None,
         *,
-        sessions: ConsoleSessions | None = None,
+        pages: PagePasses | None = None,
         allowed_origins: tuple[str, ...] = (),
         allowed_hosts: tuple[str, ...] = (),
         web_dir: Path = WEB_DIR,
@@ -150,7 +132,7 @@ class Broker:
             raise ValueError("at least one API key is required")
         self.consoles = consoles
         self.tokens = tokens
-        self.sessions = sessions or ConsoleSessions(MemoryTokenStore())
+        self.pages = pages or PagePasses(MemoryTokenStore())
         self.api_keys = tuple(k.encode() for k in api_keys)
         self.public_url = public_url
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
@@ -161,19 +143,16 @@ class Broker:
         # Failed API-key attempts per client (_key_client): AUTH_FAILURE_BURST, then
         # AUTH_FAILURE_RATE a minute.
         self.failed_keys = RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
-        # Live sessions by domain UUID, so they can be ended from outside with a reason.
-        self.live: dict[str, set[LiveSession]] = {}
-        self.session_count = 0
-        self.pending = 0
+        self.live = LiveSessions(limits)
         consoles.on_domain_ended(self.domain_ended)
 
     def domain_ended(self, uuid: str) -> None:
         """The domain stopped, crashed or was undefined: end its sessions, spend its links."""
-        sessions = self.live.get(uuid, set())
+        sessions = self.live.of_domain(uuid)
         for session in sessions:
             session.end(BrokerError(VM_STOPPED, f"The virtual machine stopped: {session.name!r}."))
         revoked = self.tokens.revoke(uuid)
-        pages = self.sessions.end_for(uuid)
+        pages = self.pages.end_for(uuid)
         if sessions or revoked or pages:
             log.info(
                 "domain %s ended: closing %d session(s), revoking %d unused link(s) and %d page session(s)",
@@ -185,7 +164,7 @@ class Broker:
 
     def end_all_sessions(self) -> int:
         """On shutdown: close every session with 1001 and a reason, before the server goes."""
-        sessions = [session for group in self.live.values() for session in group]
+        sessions = self.live.all()
         for session in sessions:
             session.end(BrokerError(SHUTTING_DOWN))
         return len(sessions)
@@ -221,7 +200,7 @@ class Broker:
             raise BrokerError(INVALID_INPUT, "graphics must be a device index (0 or more).")
         domain = await self.consoles.find(request.path_params["ident"])
         console = domain.console(index)
-        self.check_viewers(domain.uuid)
+        self.live.check_viewers(domain.uuid)
         minted = self.tokens.mint(ConsoleRef(domain.uuid, console.index, domain.run_id), domain.name, ttl)
         log.info("minted a console token for domain %s (%s), ttl %gs", domain.name, domain.uuid, ttl)
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
@@ -277,7 +256,7 @@ class Broker:
             grant = self.tokens.redeem(request.query_params.get("token"))
         except BrokerError as exc:
             return self.error_page(exc)
-        session_id, session = self.sessions.open(grant)
+        session_id, session = self.pages.open(grant)
         uuid = grant.console.uuid
         # Relative, so it stays right under any sub-path a proxy adds.
         response = RedirectResponse(f"console/{uuid}/", status_code=303, headers=PAGE_HEADERS)
@@ -286,7 +265,7 @@ class Broker:
             session_id,
             # Outlives the session on purpose, so an expired session is reported as expired
             # rather than as "no session"; the server enforces the window itself.
-            max_age=int(self.sessions.window * 2),
+            max_age=int(self.pages.window * 2),
             path=f"{request.scope.get('root_path', '')}/console/{uuid}/",
             secure=request.url.scheme == "https",
             httponly=True,
@@ -304,7 +283,7 @@ class Broker:
         return FileResponse(page, headers=PAGE_HEADERS)
 
     async def console_session(self, request: Request) -> Response:
-        session = self.sessions.check(request.cookies.get(COOKIE_NAME), request.path_params["uuid"])
+        session = self.pages.check(request.cookies.get(COOKIE_NAME), request.path_params["uuid"])
         return JSONResponse(
             {
                 "domain": {"name": session.name, "uuid": session.console.uuid},
@@ -336,7 +315,7 @@ class Broker:
     async def console_websocket(self, websocket: WebSocket) -> None:
         """The console page's socket: authenticated by the session cookie, reusable within its window."""
         uuid = websocket.path_params["uuid"]
-        await self.serve_console(websocket, lambda: self.sessions.check(websocket.cookies.get(COOKIE_NAME), uuid))
+        await self.serve_console(websocket, lambda: self.pages.check(websocket.cookies.get(COOKIE_NAME), uuid))
 
     async def serve_console(self, websocket: WebSocket, authorize: Callable[[], Grant]) -> None:
         """Accept first, so that every refusal can carry its own close code and reason."""
@@ -361,13 +340,14 @@ class Broker:
                 await authenticate(websocket, stream, domain.name)
             log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
             splicer = websocket.scope.get("extensions", {}).get(SPLICE_EXTENSION)
+            on_text, idle = text_rule(stream.kind), self.limits.idle_timeout
             if splicer is not None:  # served by our uvicorn protocol: the fast path
                 end = await splicer.splice(
-                    stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout, traffic=traffic
+                    stream.backend, on_text=on_text, stop=session.stop, idle_timeout=idle, traffic=traffic
                 )
             else:
                 end = await relay(
-                    websocket, stream.backend, stop=session.stop, idle_timeout=self.limits.idle_timeout, traffic=traffic
+                    websocket, stream.backend, on_text=on_text, stop=session.stop, idle_timeout=idle, traffic=traffic
                 )
         except BrokerError as exc:  # from the VNC-auth handshake
             log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
@@ -381,7 +361,7 @@ class Broker:
             stream.backend.close()
             if timer is not None:
                 timer.cancel()
-            self.forget(session)
+            self.live.remove(session)
         await _close(websocket, await self.end_reason(end, session, domain))
         log.info("console session for %s from %s ended: %s; %s", domain.name, client, end.value, traffic.summary())
 
@@ -392,39 +372,15 @@ class Broker:
         once the broker-wide limits allow the session."""
         if not self.origin_allowed(websocket):
             raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']!r}.")
-        if self.session_count + self.pending >= self.limits.max_sessions:
-            raise BrokerError(TOO_MANY_SESSIONS)
-        if self.pending >= self.limits.max_pending:
-            raise BrokerError(BUSY)
-        self.pending += 1
-        try:
+        with self.live.opening():
             grant = authorize()
-            self.check_viewers(grant.console.uuid)
-            # Counted from here, before the awaits: opens that overlap must see each other.
-            session = LiveSession(grant.console.uuid, grant.name)
-            self.live.setdefault(session.uuid, set()).add(session)
-            self.session_count += 1
+            session = self.live.add(grant.console, grant.name)
             try:
                 domain, stream = await self.consoles.open(grant.console)
             except BaseException:
-                self.forget(session)
+                self.live.remove(session)
                 raise
             return session, domain, stream
-        finally:
-            self.pending -= 1
-
-    def forget(self, session: LiveSession) -> None:
-        self.session_count -= 1
-        live = self.live.get(session.uuid, set())
-        live.discard(session)
-        if not live:
-            self.live.pop(session.uuid, None)
-
-    def check_viewers(self, uuid: str) -> None:
-        if len(self.live.get(uuid, ())) >= self.limits.max_viewers:
-            raise BrokerError(
-                TOO_MANY_VIEWERS, f"This console already has {self.limits.max_viewers} viewers, the most allowed."
-            )
 
     async def end_reason(self, end: RelayEnd, session: LiveSession, domain: DomainInfo) -> BrokerError | None:
         """What to tell the client when the relay ended (None: the client left by itself)."""

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker.access.tokens import ConsoleRef, MemoryTokenStore, Tokens
+from broker.access.tokens import MemoryTokenStore, Tokens
+from broker.model import ConsoleRef
 from broker.web.app import Broker
 from unit_support import AUTH, BUILTIN_DOMAIN, START_TIME, vnc_graphics
 

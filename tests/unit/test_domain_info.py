@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import DOMAIN_NOT_RUNNING, NO_CONSOLE, BrokerError
-from broker.sources.consoles import DomainInfo
-from broker.sources.graphics import FdEndpoint, TcpEndpoint, UnixEndpoint, VncConsole
+from broker.model import DomainInfo, FdEndpoint, TcpEndpoint, UnixEndpoint, VncConsole
 
 UUID = "c7a5fdbd-edaf-9455-926a-d65c16db1809"
 TCP = VncConsole(1, TcpEndpoint("127.0.0.1", 5901))

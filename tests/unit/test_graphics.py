@@ -6,14 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.sources.graphics import (
-    FdEndpoint,
-    GraphicsXMLError,
-    TcpEndpoint,
-    UnixEndpoint,
-    VncConsole,
-    parse_graphics,
-)
+from broker.model import FdEndpoint, TcpEndpoint, UnixEndpoint, VncConsole
+from broker.sources.graphics import GraphicsXMLError, parse_graphics
 
 
 def domain(*devices: str) -> str:

@@ -11,8 +11,8 @@ import uuid as uuidlib
 import pytest
 
 from broker.errors import INVALID_INPUT, BrokerError
+from broker.model import TcpEndpoint
 from broker.sources.consoles import MAX_IDENTIFIER_LENGTH, Identifier, LibvirtConsoles
-from broker.sources.graphics import TcpEndpoint
 from broker.sources.static import CombinedConsoles, StaticConsoles
 from unit_support import TEST_URI, mute, run_async, vnc_graphics
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broker.access.tokens import ConsoleRef
 from broker.errors import LIBVIRT_UNAVAILABLE, TOKEN_REVOKED, BrokerError
+from broker.model import ConsoleRef
 from broker.sources.consoles import LibvirtConsoles
 from unit_support import TEST_URI, mute, run_async, vnc_graphics
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from test_wsframes import frame, open_protocol
 
-from broker.relay.pump import RelayEnd
+from broker.relay.pump import RelayEnd, TextAnswer, refuse_text
 from broker.server.splice import SplicingWebSocketProtocol
 
 
@@ -23,6 +23,10 @@ class VncSide:
 
     def client_data(self, payload: list[bytes]) -> None:
         self.relayed.append(b"".join(payload))
+
+    def client_text(self, text: str) -> None:
+        if refuse_text(text).refused:  # the VNC kind's rule
+            self.finish(RelayEnd.CLIENT_SENT_TEXT)
 
     def finish(self, end: RelayEnd) -> None:
         self.end = self.end or end
@@ -129,11 +133,11 @@ def test_nothing_is_relayed_after_websockets_fails_the_connection() -> None:
 def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> None:
     """The server sent bytes and closed before the splice began: the bytes go out, then the
     session ends (the close was once reported first, and the bytes dropped)."""
-    from broker.relay.backend import BackendConnection
+    from broker.relay.backend import SocketBackend
 
     async def scenario() -> tuple[RelayEnd, bytes]:
         protocol = protocol_with_handshake_done()
-        backend = BackendConnection()
+        backend = SocketBackend()
         backend.connection_made(BrowserTransport())  # type: ignore[arg-type]  # stands in for the VNC side
         backend.data_received(b"RFB 003.008\n")
         backend.eof_received()
@@ -150,11 +154,11 @@ def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> 
 def test_nothing_after_a_session_ending_frame_reaches_the_vnc_server() -> None:
     """A text frame ends the session (4302): binary frames behind it in the same read are
     not the session's any more and must not be written to the VNC server."""
-    from broker.relay.backend import BackendConnection
+    from broker.relay.backend import SocketBackend
 
     async def scenario() -> tuple[RelayEnd, bytes]:
         protocol = protocol_with_handshake_done()
-        backend = BackendConnection()
+        backend = SocketBackend()
         vnc = BrowserTransport()  # stands in for the VNC side
         backend.connection_made(vnc)  # type: ignore[arg-type]
         relaying = asyncio.ensure_future(protocol.splice(backend, stop=asyncio.get_running_loop().create_future()))
@@ -169,3 +173,37 @@ def test_nothing_after_a_session_ending_frame_reaches_the_vnc_server() -> None:
         end, written = pool.submit(asyncio.run, scenario()).result(timeout=10)
     assert end is RelayEnd.CLIENT_SENT_TEXT
     assert written == b"before"
+
+
+def test_text_frames_follow_the_kind_rule_given_to_the_splice() -> None:
+    """A kind whose browser speaks text (serial control messages): the rule answers, the
+    session goes on, and binary frames around the text still reach the console in order.
+    A text message already queued for the app before the splice goes to the rule too."""
+    from broker.relay.backend import SocketBackend
+
+    seen: list[str] = []
+
+    def answer_pings(text: str) -> TextAnswer:
+        seen.append(text)
+        return TextAnswer(reply="pong")
+
+    async def scenario() -> tuple[bytes, bytes, list[str]]:
+        protocol = protocol_with_handshake_done()
+        protocol.queue.put_nowait({"type": "websocket.receive", "text": "queued"})
+        backend = SocketBackend()
+        console = BrowserTransport()  # stands in for the console's side
+        backend.connection_made(console)  # type: ignore[arg-type]
+        stop = asyncio.get_running_loop().create_future()
+        relaying = asyncio.ensure_future(protocol.splice(backend, stop=stop, on_text=answer_pings))
+        await asyncio.sleep(0)
+        key = os.urandom(4)
+        protocol.data_received(frame(0x2, b"one", key=key) + frame(0x1, b"ping", key=key) + frame(0x2, b"two", key=key))
+        stop.set_result(None)
+        assert await relaying is RelayEnd.STOPPED
+        return console.written, protocol.transport.written, seen  # type: ignore[attr-defined]
+
+    with ThreadPoolExecutor(1) as pool:
+        to_console, to_browser, texts = pool.submit(asyncio.run, scenario()).result(timeout=10)
+    assert texts == ["queued", "ping"]
+    assert to_console == b"onetwo"
+    assert to_browser == (bytes((0x81, 4)) + b"pong") * 2

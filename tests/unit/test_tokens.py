@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.access.tokens import ConsoleRef, Grant, MemoryTokenStore, Tokens, digest_of
+from broker.access.tokens import Grant, MemoryTokenStore, Tokens, digest_of
 from broker.errors import (
     TOKEN_EXPIRED,
     TOKEN_INVALID,
@@ -19,6 +19,7 @@ from broker.errors import (
     BrokerError,
     Failure,
 )
+from broker.model import ConsoleRef
 from unit_support import FakeClock
 
 REF = ConsoleRef("c7a5fdbd-edaf-9455-926a-d65c16db1809", 1)

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from broker.errors import VNC_HANDSHAKE_FAILED, BrokerError
 from broker.kinds.vncauth import ClientLeft, authenticate
-from broker.sources.consoles import Stream
+from broker.model import Stream
 from unit_support import run_async
 
 # QEMU's side of a VNC-auth handshake: version, security type 2, challenge, SecurityResult OK.

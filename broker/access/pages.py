@@ -1,9 +1,10 @@
-"""Console sessions: what a spent link turns into, so the page can reconnect.
+"""Page passes: what a spent link turns into, so the console page can reconnect.
 
-Opening the console page spends the single-use link token and hands the browser
-a session id in an HttpOnly, SameSite=Strict cookie scoped to that console's
-path. The id is multi-use but only within a short window and only for the
-console the link named. Stored as a digest, like tokens.
+Opening the console page spends the single-use link token and hands the browser a pass
+(users read "console session") in an HttpOnly, SameSite=Strict cookie scoped to that
+console's path. The pass is multi-use but only within a short window and only for the
+console the link named; stored as a digest, like tokens. It is not a live session
+(broker/live.py): one pass may open several, one after another.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .tokens import TOKEN_BYTES, Grant, TokenStore, digest_of, is_token_shaped
 COOKIE_NAME = "broker_console"
 
 
-class ConsoleSessions:
+class PagePasses:
     def __init__(self, store: TokenStore, window: float = 600.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.window = window

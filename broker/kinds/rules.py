@@ -1,0 +1,16 @@
+"""What each console kind makes of the browser's WebSocket text frames.
+
+The relay moves binary frames for every kind alike; a text frame is the kind's business:
+an RFB client never sends one (so for VNC it ends the session, UNSUPPORTED_DATA).
+"""
+
+from __future__ import annotations
+
+from ..model import ConsoleKind
+from ..relay.pump import TextRule, refuse_text
+
+_TEXT_RULES: dict[ConsoleKind, TextRule] = {ConsoleKind.VNC: refuse_text}
+
+
+def text_rule(kind: ConsoleKind) -> TextRule:
+    return _TEXT_RULES[kind]
