@@ -59,7 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a console link for a domain")
     token.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
     token.add_argument("--ttl", type=_seconds, metavar="SECONDS", help="lifetime (default: the server's, 60 s)")
-    token.add_argument("--graphics", type=int, metavar="INDEX", help="graphics device index (default: first VNC)")
+    kind = token.add_mutually_exclusive_group()
+    kind.add_argument("--graphics", type=int, metavar="INDEX", help="graphics device index (default: first VNC)")
+    kind.add_argument(
+        "--serial",
+        nargs="?",
+        const="",
+        metavar="ALIAS",
+        help="a serial console instead, by alias (serial0, console1, …) or index (default: the first)",
+    )
+    token.add_argument("--no-take-over", action="store_true", help="serial: the link may not force a busy console over")
     _client_options(token)
     token.set_defaults(run=_token)
 
@@ -105,6 +114,14 @@ def _token(args: argparse.Namespace) -> int:
         body["ttl"] = args.ttl
     if args.graphics is not None:
         body["graphics"] = args.graphics
+    if args.serial is not None:
+        body["kind"] = "serial"
+        if args.serial:
+            body["console"] = int(args.serial) if args.serial.isdigit() else args.serial
+        if args.no_take_over:
+            body["take_over"] = False
+    elif args.no_take_over:
+        raise SystemExit("broker token: --no-take-over goes with --serial")
     result = _call(args, "POST", f"/api/v1/domains/{quote(args.domain, safe='')}/console", body)
     if args.json:
         print(json.dumps(result, indent=2))  # ensure_ascii: every control or bidi character is a \u escape
@@ -122,18 +139,32 @@ def _domains(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    rows = [("NAME", "STATE", "CONSOLE")]
+    rows = [("NAME", "STATE", "CONSOLE", "SERIAL")]
     with _answer_shape():
         for domain in result["domains"]:
             console = domain.get("console_unavailable") or ", ".join(
                 str(c["endpoint"]) for c in domain["consoles"] if "endpoint" in c
             )
             name, state = terminal_safe(str(domain["name"])), terminal_safe(str(domain["state"]))
-            rows.append((name, state, terminal_safe(str(console))))
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    for name, state, console in rows:
-        print(f"{name:<{widths[0]}}  {state:<{widths[1]}}  {console}")
+            serial = _serial_column(domain.get("serial_consoles", []))
+            rows.append((name, state, terminal_safe(str(console)), terminal_safe(serial)))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for name, state, console, serial in rows:
+        print(f"{name:<{widths[0]}}  {state:<{widths[1]}}  {console:<{widths[2]}}  {serial}".rstrip())
     return 0
+
+
+def _serial_column(consoles: list[dict[str, Any]]) -> str:
+    """serial0 (history), console1, serial2: <why not>"""
+    shown = []
+    for console in consoles:
+        text = str(console["alias"])
+        if console.get("unavailable"):
+            text += f": {console['unavailable']}"
+        elif console.get("history"):
+            text += " (history)"
+        shown.append(text)
+    return ", ".join(shown) or "-"
 
 
 @contextlib.contextmanager

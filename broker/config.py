@@ -57,6 +57,10 @@ class Settings:
     max_session_length: float = SessionLimits.max_session_length
     mint_rate: float = SessionLimits.mint_rate
     mint_burst: int = SessionLimits.mint_burst
+    # Serial consoles: may links force a busy console over (each link says so too), and how
+    # many bytes of a console's log are replayed on attach (0: none).
+    serial_take_over: bool = True
+    serial_history: int = 64 * 1024
 
     @property
     def limits(self) -> SessionLimits:
@@ -150,6 +154,8 @@ def _validate(raw: dict[str, Any]) -> Settings:
             max_session_length=_non_negative("max_session_length", raw.get("max_session_length", s.max_session_length)),
             mint_rate=_positive("mint_rate", raw.get("mint_rate", s.mint_rate)),
             mint_burst=_count("mint_burst", raw.get("mint_burst", s.mint_burst)),
+            serial_take_over=_bool("serial_take_over", raw.get("serial_take_over", s.serial_take_over)),
+            serial_history=_bytes("serial_history", raw.get("serial_history", s.serial_history)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -203,6 +209,25 @@ def _count(name: str, value: Any) -> int:
     if number != int(number):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return int(number)
+
+
+def _bytes(name: str, value: Any) -> int:
+    number = _non_negative(name, value)
+    if number != int(number):
+        raise ValueError(f"{name} must be a whole number of bytes, got {value!r}")
+    return int(number)
+
+
+def _bool(name: str, value: Any) -> bool:
+    """true/false from TOML, or from an environment string (true, false, 1, 0, yes, no)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _mode(value: Any) -> int:

@@ -5,25 +5,29 @@
 #   contrib/tiny-guest.sh OUTDIR
 #
 # Writes OUTDIR/vmlinuz (Debian's amd64 kernel) and OUTDIR/initrd.gz (busybox + an /init).
-# Cached: does nothing when both files exist already. Nothing is installed: the two .deb
+# Cached: does nothing when both files exist already and the initrd is of this script's
+# INIT_VERSION (OUTDIR/init-version); an older initrd is rebuilt. Nothing is installed: the two .deb
 # packages are fetched with `apt-get download` into a temporary directory and unpacked there.
 #
 # The guest's /init mounts proc, sys and devtmpfs, prints the line TINY-GUEST-READY to
-# /dev/ttyS0, then reads lines typed on the VGA console (/dev/tty0, i.e. keys sent through
-# VNC) and writes each one to /dev/ttyS0 as "GOT: <line>". Boot it with
+# /dev/ttyS0, starts a shell on /dev/ttyS0 (prompt "tiny# ", for serial-console tests), then
+# reads lines typed on the VGA console (/dev/tty0, i.e. keys sent through VNC) and writes
+# each one to /dev/ttyS0 as "GOT: <line>". Boot it with
 #   <os><type arch='x86_64' machine='pc'>hvm</type>
 #       <kernel>OUTDIR/vmlinuz</kernel><initrd>OUTDIR/initrd.gz</initrd>
 #       <cmdline>console=ttyS0 quiet</cmdline></os>
-# in a <domain type='qemu'> with 256 MiB and <serial type='file'> to read ttyS0 (init ~10 s).
+# in a <domain type='qemu'> with 256 MiB and a <serial type='pty'> with a <log file=…/> to
+# talk to ttyS0 and read what it printed (init ~10 s).
 set -euo pipefail
 
 log() { printf '[tiny-guest] %s\n' "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }
 
-[ $# -eq 1 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+INIT_VERSION=2  # 2: a shell on ttyS0
+[ $# -eq 1 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
-if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ]; then
+if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ] && [ "$(cat "$OUT/init-version" 2>/dev/null)" = "$INIT_VERSION" ]; then
   log "already built: $OUT/vmlinuz and $OUT/initrd.gz (delete them to rebuild)"
   exit 0
 fi
@@ -77,6 +81,8 @@ mount -t devtmpfs devtmpfs /dev
 # Open the VGA console first, so no key typed after the ready line can be lost.
 exec 3</dev/tty0
 echo TINY-GUEST-READY >/dev/ttyS0
+# A shell on the serial line, restarted if it exits (a serial-console test may type `exit`).
+(while true; do PS1='tiny# ' setsid sh -i </dev/ttyS0 >/dev/ttyS0 2>&1; done) &
 while true; do
   while IFS= read -r line <&3; do
     echo "GOT: $line" >/dev/ttyS0
@@ -123,4 +129,5 @@ EOF
 install -m 0644 "$VMLINUZ" "$OUT/vmlinuz.tmp" && mv "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
 install -m 0644 "$TMP/initrd.gz" "$OUT/initrd.gz.tmp" && mv "$OUT/initrd.gz.tmp" "$OUT/initrd.gz"
 echo "$KPKG $KVER $(basename "$VMLINUZ")" >"$OUT/kernel-version"
+echo "$INIT_VERSION" >"$OUT/init-version"
 log "built $OUT/vmlinuz ($(du -h "$OUT/vmlinuz" | cut -f1)) and $OUT/initrd.gz ($(du -h "$OUT/initrd.gz" | cut -f1)) in $((SECONDS - T0)) s"

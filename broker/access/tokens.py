@@ -35,6 +35,9 @@ class Grant:
     expires_at: float
     used: bool = False
     revoked: bool = False
+    # What was minted beside the console: may this link force a busy serial console over?
+    may_take_over: bool = False
+    device: str = ""  # the console's name for people ("serial0"); the ref is what counts
 
 
 @dataclass(frozen=True)
@@ -122,12 +125,20 @@ class Tokens:
         self.clock = clock
         self._last_purge = clock()
 
-    def mint(self, console: ConsoleRef, name: str, ttl: float | None = None) -> MintedToken:
+    def mint(
+        self,
+        console: ConsoleRef,
+        name: str,
+        ttl: float | None = None,
+        *,
+        may_take_over: bool = False,
+        device: str = "",
+    ) -> MintedToken:
         ttl = self.check_ttl(ttl)
         now = self.clock()
         self._purge(now)
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        grant = Grant(console=console, name=name, expires_at=now + ttl)
+        grant = Grant(console=console, name=name, expires_at=now + ttl, may_take_over=may_take_over, device=device)
         self.store.add(digest_of(token), grant)
         return MintedToken(token, grant)
 

@@ -32,6 +32,12 @@ class Backend(Protocol):
     @property
     def closed(self) -> bool: ...
     @property
+    def failure(self) -> str | None:
+        """Why the console ended, when it failed rather than closed (a libvirt stream that lost
+        its console to a forced open elsewhere); None otherwise."""
+        ...
+
+    @property
     def write_paused(self) -> bool:
         """The console cannot take more just now: stop reading the browser."""
         ...
@@ -155,6 +161,10 @@ class SocketBackend(asyncio.Protocol):
     @property
     def socket_transport(self) -> asyncio.Transport | None:
         return self.transport
+
+    @property
+    def failure(self) -> str | None:
+        return None  # a socket closes; how is not worth telling apart
 
     def close(self) -> None:
         if self.transport is not None:

@@ -134,7 +134,8 @@ def serve(settings: Settings) -> None:
     raise_open_files_limit(settings.limits.max_sessions)
     targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
     consoles = CombinedConsoles(
-        StaticConsoles(targets), LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout)
+        StaticConsoles(targets),
+        LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout, history_limit=settings.serial_history),
     )
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
     pages = PagePasses(MemoryTokenStore(), window=settings.session_window)
@@ -149,6 +150,7 @@ def serve(settings: Settings) -> None:
         allowed_origins=settings.allowed_origins,
         allowed_hosts=settings.allowed_hosts,
         limits=settings.limits,
+        serial_take_over=settings.serial_take_over,
     )
     warn_if_any_host_is_trusted(settings)
     cli_path = cli_socket_path(settings.state_dir)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from ..errors import (
+    CONSOLE_BUSY,
     CONSOLE_UNREACHABLE,
     DOMAIN_NOT_FOUND,
     DOMAIN_NOT_RUNNING,
@@ -36,9 +37,10 @@ from ..errors import (
     TOKEN_REVOKED,
     BrokerError,
 )
-from ..model import ConsoleRef, DomainInfo, FdEndpoint, Stream, TcpEndpoint, UnixEndpoint
+from ..model import ConsoleKind, ConsoleRef, DomainInfo, FdEndpoint, SerialEndpoint, Stream, TcpEndpoint, UnixEndpoint
 from ..relay.backend import SocketBackend
-from .graphics import GraphicsXMLError, parse_graphics
+from .graphics import Devices, GraphicsXMLError, parse_devices
+from .serialstream import SerialBackend
 
 T = TypeVar("T")
 
@@ -104,8 +106,11 @@ class LibvirtConsoles:
     so a hung libvirtd delays no request by more than the deadline.
     """
 
-    def __init__(self, uri: str, connect_timeout: float = 5.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self, uri: str, connect_timeout: float = 5.0, timeout: float = 5.0, history_limit: int = 64 * 1024
+    ) -> None:
         self.uri = uri
+        self.history_limit = history_limit  # bytes of a serial console's log replayed on attach
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self._worker: _Worker | None = None
@@ -205,17 +210,20 @@ class LibvirtConsoles:
         """A domain by UUID or name (see Identifier.parse for which is which)."""
         return await self.run(_find, Identifier.parse(ident))
 
-    async def open(self, ref: ConsoleRef) -> tuple[DomainInfo, Stream]:
+    async def open(self, ref: ConsoleRef, *, take_over: bool = False) -> tuple[DomainInfo, Stream]:
         """Resolve the console from libvirt *now* and connect to it.
 
         The token names a UUID, so a port freed by a stopped VM and taken by another
         can never be reached (CVE-2013-0335): we connect to what the live XML of that
-        UUID says, then check the same run of the domain still holds it.
+        UUID says, then check the same run of the domain still holds it. `take_over`
+        forces a serial console away from whoever holds it.
         """
         # The secure XML: it holds the VNC password, which only this path may read.
         info = await self.run(_find, Identifier(ref.uuid, by_uuid=True), True)
         if info.active and ref.run_id is not None and info.run_id != ref.run_id:
             raise BrokerError(TOKEN_REVOKED, "The VM was restarted after the link was made; ask for a new one.")
+        if ref.kind is ConsoleKind.SERIAL:
+            return info, await self._open_serial(info, ref, take_over)
         console = info.console(ref.index)
         endpoint = console.endpoint
         assert endpoint is not None
@@ -243,6 +251,25 @@ class LibvirtConsoles:
             backend.close()
             raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
         return info, Stream(backend, endpoint, password=console.password)
+
+    async def _open_serial(self, info: DomainInfo, ref: ConsoleRef, take_over: bool) -> Stream:
+        """virDomainOpenConsole on a non-blocking stream, then the log's tail to replay."""
+        console = info.serial(ref.index)
+        flags = libvirt.VIR_DOMAIN_CONSOLE_FORCE if take_over else 0
+        stream = await self.run(_open_console, ref.uuid, console.alias, flags, discard=_abort_quietly)
+        backend = SerialBackend(stream, lambda call: self.run(lambda _conn: call()))
+        try:
+            history = None
+            if console.log_path is not None and self.history_limit:
+                history = await asyncio.to_thread(read_tail, console.log_path, self.history_limit)
+            same_run = await self.still_running(ref.uuid, info.run_id, unknown=False)
+        except BaseException:
+            backend.close()
+            raise
+        if not same_run:
+            backend.close()
+            raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
+        return Stream(backend, SerialEndpoint(console.alias), ConsoleKind.SERIAL, history=history)
 
     async def still_running(self, uuid: str, run_id: int, *, unknown: bool = True) -> bool:
         """Is this same run of the domain still active? False also when it vanished. When
@@ -394,7 +421,8 @@ async def connect_endpoint(name: str, endpoint: TcpEndpoint | UnixEndpoint, time
         return backend
     except (TimeoutError, OSError) as exc:
         raise BrokerError(
-            CONSOLE_UNREACHABLE, f"Cannot connect to the VNC console of {name!r} ({endpoint}): {_text(exc)}"
+            CONSOLE_UNREACHABLE,
+            f"Cannot connect to the VNC console of {name!r} ({endpoint}): {_text(exc)}",
         ) from None
 
 
@@ -405,16 +433,18 @@ def _describe(dom: libvirt.virDomain, secure: bool = False) -> DomainInfo:
     state, _reason = dom.state()
     active = bool(dom.isActive())
     try:
-        consoles = parse_graphics(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE if secure else 0))
+        devices = parse_devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE if secure else 0))
     except GraphicsXMLError:
-        consoles = []
+        devices = Devices([], [], [])
     return DomainInfo(
         name=dom.name(),
         uuid=dom.UUIDString(),
         state=STATES.get(state, "unknown"),
         active=active,
         run_id=dom.ID() if active else -1,
-        consoles=consoles,
+        consoles=devices.vnc,
+        serials=devices.serials,
+        other_graphics=devices.other_graphics,
     )
 
 
@@ -456,6 +486,43 @@ def _not_found(conn: libvirt.virConnect, ident: Identifier) -> str:
         f"No domain with UUID {ident.value}. A domain is named {ident.value!r}: a UUID-shaped identifier "
         f"always means a UUID, so ask for 'name:{ident.value}'."
     )
+
+
+def _open_console(conn: libvirt.virConnect, uuid: str, alias: str, flags: int) -> libvirt.virStream:
+    dom = conn.lookupByUUIDString(uuid)
+    stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+    try:
+        dom.openConsole(alias, stream, flags)
+    except libvirt.libvirtError as exc:
+        _abort_quietly(stream)
+        message = exc.get_error_message() or str(exc)
+        if "Active console session exists" in message:  # libvirt has no error code of its own for it
+            raise BrokerError(CONSOLE_BUSY, f"Another client is using serial console {alias!r} of this VM.") from None
+        raise BrokerError(CONSOLE_UNREACHABLE, f"Cannot open serial console {alias!r}: {message}") from None
+    return stream
+
+
+def _abort_quietly(stream: libvirt.virStream) -> None:
+    try:
+        stream.abort()
+    except libvirt.libvirtError:
+        pass
+
+
+def read_tail(path: str, limit: int) -> bytes | None:
+    """The last `limit` bytes of a console log, from the start of a line; None if unreadable."""
+    try:
+        with open(path, "rb") as log_file:
+            size = log_file.seek(0, os.SEEK_END)
+            start = max(0, size - limit)
+            log_file.seek(start)
+            data = log_file.read(limit)
+    except OSError:
+        return None
+    if start:
+        line_end = data.find(b"\n")
+        data = data[line_end + 1 :] if line_end >= 0 else b""
+    return data
 
 
 def _open_graphics_fd(conn: libvirt.virConnect, uuid: str, endpoint: FdEndpoint) -> int:

@@ -1,4 +1,4 @@
-"""Where a domain's VNC consoles are, parsed from its live libvirt XML.
+"""Where a domain's consoles are, parsed from its live libvirt XML (VNC here, serial in serials.py).
 
 Pure: takes XML text, returns typed endpoints. Knows nothing of sockets or libvirt
 connections, so every variant is unit-tested from literal XML.
@@ -7,8 +7,10 @@ connections, so every variant is unit-tested from literal XML.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 
-from ..model import FdEndpoint, TcpEndpoint, UnixEndpoint, VncConsole
+from ..model import FdEndpoint, SerialConsole, TcpEndpoint, UnixEndpoint, VncConsole
+from .serials import parse_serials
 
 # An address QEMU listens on for every interface; we always connect over loopback.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -18,8 +20,16 @@ class GraphicsXMLError(ValueError):
     """The domain XML could not be read as libvirt domain XML."""
 
 
-def parse_graphics(xml: str) -> list[VncConsole]:
-    """Return the VNC consoles of a domain, in device order (possibly empty)."""
+@dataclass(frozen=True)
+class Devices:
+    """The consoles of one domain XML, of every kind, and the graphics the broker cannot open."""
+
+    vnc: list[VncConsole]
+    serials: list[SerialConsole]
+    other_graphics: list[str]
+
+
+def parse_devices(xml: str) -> Devices:
     try:
         root = ET.fromstring(xml)
     except (ET.ParseError, UnicodeError) as exc:
@@ -28,12 +38,20 @@ def parse_graphics(xml: str) -> list[VncConsole]:
         raise GraphicsXMLError(f"expected <domain>, got <{root.tag}>")
     devices = root.find("devices")
     if devices is None:
-        return []
+        return Devices([], [], [])
     consoles = []
+    others = []
     for index, graphics in enumerate(devices.findall("graphics")):
         if graphics.get("type") == "vnc":
             consoles.append(_parse_vnc(index, graphics))
-    return consoles
+        else:
+            others.append(graphics.get("type") or "unknown")
+    return Devices(consoles, parse_serials(root), others)
+
+
+def parse_graphics(xml: str) -> list[VncConsole]:
+    """Return the VNC consoles of a domain, in device order (possibly empty)."""
+    return parse_devices(xml).vnc
 
 
 def _parse_vnc(index: int, graphics: ET.Element) -> VncConsole:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 
-from ..model import ConsoleRef, DomainInfo, Stream, TcpEndpoint, UnixEndpoint, VncConsole
+from ..model import ConsoleKind, ConsoleRef, DomainInfo, Stream, TcpEndpoint, UnixEndpoint, VncConsole
 from .consoles import Identifier, LibvirtConsoles, connect_endpoint
 
 # Static consoles get stable UUIDs derived from their names, so tokens bind to them alike.
@@ -64,10 +64,12 @@ class CombinedConsoles:
         """A static console or a domain; a malformed identifier is INVALID_INPUT before either is asked."""
         return self.static.get(Identifier.parse(ident)) or await self.libvirt.find(ident)
 
-    async def open(self, ref: ConsoleRef) -> tuple[DomainInfo, Stream]:
+    async def open(self, ref: ConsoleRef, *, take_over: bool = False) -> tuple[DomainInfo, Stream]:
         info = self.static.by_uuid.get(ref.uuid)
         if info is None:
-            return await self.libvirt.open(ref)
+            return await self.libvirt.open(ref, take_over=take_over)
+        if ref.kind is not ConsoleKind.VNC:  # never minted: a static console has no serial devices
+            info.serial(ref.index)
         endpoint = info.console(ref.index).endpoint
         assert isinstance(endpoint, (TcpEndpoint, UnixEndpoint))
         backend = await connect_endpoint(info.name, endpoint, self.static.connect_timeout)

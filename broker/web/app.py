@@ -10,6 +10,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..errors import (
+    CONSOLE_BUSY,
     CONSOLE_CLOSED,
     IDLE_TIMEOUT,
     INVALID_INPUT,
@@ -34,6 +36,7 @@ from ..errors import (
     RATE_LIMITED,
     SESSION_TIME_LIMIT,
     SHUTTING_DOWN,
+    TAKEN_OVER,
     UNAUTHORIZED,
     UNSUPPORTED_DATA,
     VM_STOPPED,
@@ -44,10 +47,11 @@ from .proxy import CLI_SOCKET_SCOPE_KEY
 from ..relay.pump import SPLICE_EXTENSION, RelayEnd, Traffic, relay
 from ..access.pages import COOKIE_NAME, PagePasses
 from ..access.tokens import Grant, MemoryTokenStore, MintedToken, Tokens
+from ..kinds import serial as serial_kind
 from ..kinds.rules import text_rule
 from ..kinds.vncauth import ClientLeft, authenticate
 from ..live import LiveSession, LiveSessions
-from ..model import ConsoleRef, DomainInfo, Stream
+from ..model import ConsoleKind, ConsoleRef, DomainInfo, Stream, serial_xml_hint
 
 log = logging.getLogger("broker.app")
 
@@ -108,7 +112,7 @@ class ConsoleSource(Protocol):
     async def healthy(self) -> tuple[bool, str]: ...
     async def list_domains(self) -> list[DomainInfo]: ...
     async def find(self, ident: str) -> DomainInfo: ...
-    async def open(self, ref: ConsoleRef) -> tuple[DomainInfo, Stream]: ...
+    async def open(self, ref: ConsoleRef, *, take_over: bool = False) -> tuple[DomainInfo, Stream]: ...
     async def still_running(self, uuid: str, run_id: int) -> bool: ...
 
 
@@ -127,6 +131,7 @@ class Broker:
         allowed_hosts: tuple[str, ...] = (),
         web_dir: Path = WEB_DIR,
         limits: SessionLimits | None = None,
+        serial_take_over: bool = True,
     ) -> None:
         if not api_keys:
             raise ValueError("at least one API key is required")
@@ -139,6 +144,7 @@ class Broker:
         self.allowed_hosts = allowed_hosts
         self.web_dir = web_dir
         self.limits = limits = limits or SessionLimits()
+        self.serial_take_over = serial_take_over  # the broker-wide switch; each link says too
         self.mint_limiter = RateLimiter(limits.mint_rate, limits.mint_burst)
         # Failed API-key attempts per client (_key_client): AUTH_FAILURE_BURST, then
         # AUTH_FAILURE_RATE a minute.
@@ -187,22 +193,24 @@ class Broker:
         wait = self.mint_limiter.allow(str(key_index))
         if wait:
             raise BrokerError(RATE_LIMITED, retry_after=wait)
-        body = await _json_body(request)
-        unknown = set(body) - {"ttl", "graphics"}
-        if unknown:
-            raise BrokerError(INVALID_INPUT, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        request_ = ConsoleRequest.parse(await _json_body(request))
         try:
-            ttl = self.tokens.check_ttl(body.get("ttl"))
+            ttl = self.tokens.check_ttl(request_.ttl)
         except ValueError as exc:
             raise BrokerError(INVALID_INPUT, f"{exc}.") from None
-        index = body.get("graphics")
-        if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
-            raise BrokerError(INVALID_INPUT, "graphics must be a device index (0 or more).")
         domain = await self.consoles.find(request.path_params["ident"])
-        console = domain.console(index)
+        if request_.kind is ConsoleKind.SERIAL:
+            serial = domain.serial(request_.serial)
+            ref, device = ConsoleRef(domain.uuid, serial.index, domain.run_id, ConsoleKind.SERIAL), serial.alias
+        else:
+            console = domain.console(request_.graphics)
+            ref, device = ConsoleRef(domain.uuid, console.index, domain.run_id), f"graphics {console.index}"
         self.live.check_viewers(domain.uuid)
-        minted = self.tokens.mint(ConsoleRef(domain.uuid, console.index, domain.run_id), domain.name, ttl)
-        log.info("minted a console token for domain %s (%s), ttl %gs", domain.name, domain.uuid, ttl)
+        may_take_over = self.serial_take_over and request_.take_over and ref.kind is ConsoleKind.SERIAL
+        minted = self.tokens.mint(ref, domain.name, ttl, may_take_over=may_take_over, device=device)
+        log.info(
+            "minted a %s console token for domain %s (%s), ttl %gs", ref.kind.value, domain.name, domain.uuid, ttl
+        )
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
 
     def authorize(self, request: Request) -> int:
@@ -241,6 +249,8 @@ class Broker:
             "websocket_url": f"{ws_base}/websockify?token={minted.token}",
             "expires_at": _iso(minted.grant.expires_at),
             "domain": {"name": domain.name, "uuid": domain.uuid},
+            "kind": minted.grant.console.kind.value,
+            "console": minted.grant.device,
         }
 
     def base_url(self, request: HTTPConnection) -> str:
@@ -259,7 +269,8 @@ class Broker:
         session_id, session = self.pages.open(grant)
         uuid = grant.console.uuid
         # Relative, so it stays right under any sub-path a proxy adds.
-        response = RedirectResponse(f"console/{uuid}/", status_code=303, headers=PAGE_HEADERS)
+        page = "terminal" if grant.console.kind is ConsoleKind.SERIAL else ""
+        response = RedirectResponse(f"console/{uuid}/{page}", status_code=303, headers=PAGE_HEADERS)
         response.set_cookie(
             COOKIE_NAME,
             session_id,
@@ -275,11 +286,15 @@ class Broker:
         return response
 
     async def console_page(self, request: Request) -> Response:
-        page = self.web_dir / "public" / "console.html"
+        return self.page_file("console.html")
+
+    async def terminal_page(self, request: Request) -> Response:
+        return self.page_file("terminal.html")
+
+    def page_file(self, name: str) -> Response:
+        page = self.web_dir / "public" / name
         if not page.is_file():
-            return HTMLResponse(
-                "The console page is not installed (web/public/console.html is missing).", status_code=503
-            )
+            return HTMLResponse(f"The console page is not installed (web/public/{name} is missing).", status_code=503)
         return FileResponse(page, headers=PAGE_HEADERS)
 
     async def console_session(self, request: Request) -> Response:
@@ -288,6 +303,9 @@ class Broker:
             {
                 "domain": {"name": session.name, "uuid": session.console.uuid},
                 "expires_at": _iso(session.expires_at),
+                "kind": session.console.kind.value,
+                "console": session.device,
+                "may_take_over": session.may_take_over,
             },
             headers=PAGE_HEADERS,
         )
@@ -322,8 +340,9 @@ class Broker:
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol="binary" if "binary" in offered else None)
         client = _client(websocket)
+        take_over = websocket.query_params.get("takeover") == "1"
         try:
-            session, domain, stream = await self.open_session(websocket, authorize)
+            session, domain, stream = await self.open_session(websocket, authorize, take_over)
         except BrokerError as exc:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
             await _close(websocket, exc)
@@ -338,6 +357,8 @@ class Broker:
         try:
             if stream.password:
                 await authenticate(websocket, stream, domain.name)
+            if stream.kind is ConsoleKind.SERIAL:
+                await replay_history(websocket, stream, domain.name)
             log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
             splicer = websocket.scope.get("extensions", {}).get(SPLICE_EXTENSION)
             on_text, idle = text_rule(stream.kind), self.limits.idle_timeout
@@ -362,11 +383,11 @@ class Broker:
             if timer is not None:
                 timer.cancel()
             self.live.remove(session)
-        await _close(websocket, await self.end_reason(end, session, domain))
+        await _close(websocket, await self.end_reason(end, session, domain, stream))
         log.info("console session for %s from %s ended: %s; %s", domain.name, client, end.value, traffic.summary())
 
     async def open_session(
-        self, websocket: WebSocket, authorize: Callable[[], Grant]
+        self, websocket: WebSocket, authorize: Callable[[], Grant], take_over: bool = False
     ) -> tuple[LiveSession, DomainInfo, Stream]:
         """Every check before a console is relayed, cheapest first; the link is spent only
         once the broker-wide limits allow the session."""
@@ -374,15 +395,27 @@ class Broker:
             raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']!r}.")
         with self.live.opening():
             grant = authorize()
+            force = take_over and grant.may_take_over and self.serial_take_over
+            if force:  # our own sessions on that console hear why they end before libvirt cuts them
+                for other in self.live.of_domain(grant.console.uuid):
+                    if other.console == grant.console:
+                        other.end(BrokerError(TAKEN_OVER))
             session = self.live.add(grant.console, grant.name)
             try:
-                domain, stream = await self.consoles.open(grant.console)
+                domain, stream = await self.consoles.open(grant.console, take_over=force)
+            except BrokerError as exc:
+                self.live.remove(session)
+                if exc.failure is CONSOLE_BUSY:
+                    raise BrokerError(CONSOLE_BUSY, busy_reason(exc, grant, take_over, self.serial_take_over)) from None
+                raise
             except BaseException:
                 self.live.remove(session)
                 raise
             return session, domain, stream
 
-    async def end_reason(self, end: RelayEnd, session: LiveSession, domain: DomainInfo) -> BrokerError | None:
+    async def end_reason(
+        self, end: RelayEnd, session: LiveSession, domain: DomainInfo, stream: Stream
+    ) -> BrokerError | None:
         """What to tell the client when the relay ended (None: the client left by itself)."""
         if end is RelayEnd.STOPPED:
             return session.reason
@@ -390,11 +423,17 @@ class Broker:
             return BrokerError(
                 IDLE_TIMEOUT, f"The console was closed after {self.limits.idle_timeout:g} s without input."
             )
+        serial = stream.kind is ConsoleKind.SERIAL
         if end is RelayEnd.CLIENT_SENT_TEXT:
-            return BrokerError(UNSUPPORTED_DATA)
+            return BrokerError(UNSUPPORTED_DATA, serial_kind.VOCABULARY if serial else None)
         if end is RelayEnd.BACKEND_CLOSED:
-            failure = VM_STOPPED if await self._stopped(domain) else CONSOLE_CLOSED
-            return BrokerError(failure, f"{failure.summary.rstrip('.')}: {domain.name!r}.")
+            if await self._stopped(domain):
+                return BrokerError(VM_STOPPED, f"{VM_STOPPED.summary.rstrip('.')}: {domain.name!r}.")
+            if serial and stream.backend.failure:  # libvirt cut the stream: a forced open elsewhere
+                return BrokerError(TAKEN_OVER, f"Another session took over this console of {domain.name!r}.")
+            if serial:
+                return BrokerError(CONSOLE_CLOSED, f"The serial console of {domain.name!r} closed.")
+            return BrokerError(CONSOLE_CLOSED, f"{CONSOLE_CLOSED.summary.rstrip('.')}: {domain.name!r}.")
         return None
 
     def origin_allowed(self, connection: HTTPConnection) -> bool:
@@ -438,6 +477,65 @@ class Broker:
             await asyncio.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class ConsoleRequest:
+    """The body of POST /api/v1/domains/{ident}/console, checked."""
+
+    kind: ConsoleKind = ConsoleKind.VNC
+    ttl: float | None = None
+    graphics: int | None = None  # VNC: the <graphics> index
+    serial: str | int | None = None  # serial: alias or index
+    take_over: bool = True  # serial: may this link force a busy console over
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> ConsoleRequest:
+        unknown = set(body) - {"ttl", "graphics", "kind", "console", "take_over"}
+        if unknown:
+            raise BrokerError(INVALID_INPUT, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        try:
+            kind = ConsoleKind(body.get("kind", "vnc"))
+        except ValueError:
+            raise BrokerError(INVALID_INPUT, "kind must be 'vnc' or 'serial'.") from None
+        index = body.get("graphics")
+        if index is not None and (kind is not ConsoleKind.VNC or not _is_index(index)):
+            raise BrokerError(INVALID_INPUT, "graphics must be a device index (0 or more), for kind 'vnc' only.")
+        serial = body.get("console")
+        if serial is not None and (kind is not ConsoleKind.SERIAL or not (_is_index(serial) or _is_alias(serial))):
+            raise BrokerError(INVALID_INPUT, "console must be a serial console's alias or index, for kind 'serial'.")
+        take_over = body.get("take_over", True)
+        if not isinstance(take_over, bool) or (kind is not ConsoleKind.SERIAL and "take_over" in body):
+            raise BrokerError(INVALID_INPUT, "take_over must be true or false, for kind 'serial' only.")
+        return cls(kind, body.get("ttl"), index, serial, take_over)
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_alias(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and value.isprintable()
+
+
+def busy_reason(error: BrokerError, grant: Grant, asked: bool, broker_allows: bool) -> str:
+    """Why a busy serial console was not opened, and what the user can do."""
+    if not broker_allows:
+        return f"{error.message} Taking a console over is turned off on this broker."
+    if not grant.may_take_over:
+        return f"{error.message} This link may not take it over."
+    if asked:
+        return f"{error.message} Taking it over failed; try again."
+    return f"{error.message} Take over to end the other session."
+
+
+async def replay_history(websocket: WebSocket, stream: Stream, name: str) -> None:
+    """Before live output: the end of the console's log, or why there is none."""
+    hint = f"No history: the console has no log. To keep one, put <log file=…/> in its <serial>: {serial_xml_hint(name)}"
+    await websocket.send_text(serial_kind.history_header(stream.history, hint))
+    if stream.history:
+        await websocket.send_bytes(stream.history)
+    await websocket.send_text(serial_kind.LIVE)
+
+
 def create_app(broker: Broker) -> Starlette:
     routes = [
         Route("/healthz", broker.healthz),
@@ -446,6 +544,7 @@ def create_app(broker: Broker) -> Starlette:
         WebSocketRoute("/websockify", broker.websockify),
         Route("/console", broker.open_console_link),
         Route("/console/{uuid}/", broker.console_page),
+        Route("/console/{uuid}/terminal", broker.terminal_page),
         Route("/console/{uuid}/session", broker.console_session),
         WebSocketRoute("/console/{uuid}/websockify", broker.console_websocket),
     ]

@@ -5,7 +5,6 @@ Everything is a real process, started once per session and stopped at the end.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from support.processes import BrokerProcess, start_broker
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-TINY_GUEST_DIR = Path("/var/cache/vm-console-broker/tiny-guest")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -47,16 +45,10 @@ def console_vm(conn: libvirt.virConnect) -> libvirt.virDomain:
 
 @pytest.fixture(scope="session")
 def tiny_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> tuple[libvirt.virDomain, Path]:
-    """A kernel + busybox guest whose init writes each line typed on its VGA console to its serial log."""
-    subprocess.run(["bash", str(REPO / "contrib" / "tiny-guest.sh"), str(TINY_GUEST_DIR)], check=True)
+    """The tiny Linux guest: a shell on its serial PTY, every line typed on its VGA console
+    echoed there; returns the domain and its serial log."""
     serial = tmp_path_factory.mktemp("tiny") / "serial.log"
-    os_xml = (
-        f"<kernel>{TINY_GUEST_DIR / 'vmlinuz'}</kernel><initrd>{TINY_GUEST_DIR / 'initrd.gz'}</initrd>"
-        "<cmdline>console=ttyS0 quiet</cmdline>"
-    )
-    extra = f"<serial type='file'><source path='{serial}'/><target port='0'/></serial>"
-    dom = vms.define(conn, "broker-test-tiny", vms.TCP, memory_mib=256, os_xml=os_xml, extra=extra)
-    return dom, serial
+    return vms.define_tiny(conn, "broker-test-tiny", str(serial)), serial
 
 
 @pytest.fixture(scope="session")

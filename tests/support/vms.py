@@ -109,3 +109,40 @@ def vnc_port(dom: libvirt.virDomain, timeout: float = 5.0) -> int:
         if port > 0 or time.monotonic() > deadline:
             return port
         time.sleep(0.05)
+
+
+TINY_GUEST_DIR = "/var/cache/vm-console-broker/tiny-guest"
+
+
+def serial_pty(log_path: str | None = None) -> str:
+    """A serial port on a PTY (what virDomainOpenConsole opens), with its output logged."""
+    log = f"<log file='{log_path}' append='off'/>" if log_path else ""
+    console = "<console type='pty'><target type='serial' port='0'/></console>"
+    return f"<serial type='pty'>{log}<target port='0'/></serial>{console}"
+
+
+def define_tiny(conn: libvirt.virConnect, name: str, log_path: str) -> libvirt.virDomain:
+    """The tiny Linux guest (contrib/tiny-guest.sh, built first): a shell on its serial PTY,
+    whose output is also logged to `log_path`; VGA keys echoed there as "GOT: <line>"."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "contrib" / "tiny-guest.sh"
+    subprocess.run(["bash", str(script), TINY_GUEST_DIR], check=True)
+    os_xml = (
+        f"<kernel>{TINY_GUEST_DIR}/vmlinuz</kernel><initrd>{TINY_GUEST_DIR}/initrd.gz</initrd>"
+        "<cmdline>console=ttyS0 quiet</cmdline>"
+    )
+    return define(conn, name, TCP, memory_mib=256, os_xml=os_xml, extra=serial_pty(log_path))
+
+
+def wait_for_line(path: str, text: str, timeout: float = 60.0) -> None:
+    """Until `text` appears in the log file at `path` (a guest's serial log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(OSError):
+            with open(path, "rb") as log_file:
+                if text.encode() in log_file.read():
+                    return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} did not appear in {path} within {timeout:g} s")

@@ -12,7 +12,7 @@ from broker.web.app import Broker
 from unit_support import AUTH, BUILTIN_DOMAIN, START_TIME, vnc_graphics
 
 VNC = vnc_graphics(5905)
-MINTED_KEYS = {"token", "console_url", "websocket_url", "expires_at", "domain"}
+MINTED_KEYS = {"token", "console_url", "websocket_url", "expires_at", "domain", "kind", "console"}
 
 
 def iso(timestamp: float) -> str:
@@ -90,6 +90,7 @@ def test_list_shows_defined_domains_with_their_consoles(api, define_domain) -> N
         "uuid": on.UUIDString(),
         "state": "running",
         "consoles": [{"index": 0, "endpoint": "vnc://127.0.0.1:5905"}],
+        "serial_consoles": [],
     }
     assert domains[off.name()]["state"] == "shutoff"
     assert "not running" in domains[off.name()]["console_unavailable"]

@@ -91,7 +91,8 @@ def test_token_json(capsys, keyed, server_url, define_domain) -> None:
     status, out, err = run(capsys, "token", domain.name(), "--json", "--server", server_url)
     assert (status, err) == (0, "")
     body = json.loads(out)
-    assert set(body) == {"token", "console_url", "websocket_url", "expires_at", "domain"}
+    assert set(body) == {"token", "console_url", "websocket_url", "expires_at", "domain", "kind", "console"}
+    assert (body["kind"], body["console"]) == ("vnc", "graphics 0")
     assert body["domain"] == {"name": domain.name(), "uuid": domain.UUIDString()}
     assert body["console_url"] == f"{server_url}/console?token={body['token']}"
     assert body["websocket_url"] == f"ws{server_url[4:]}/websockify?token={body['token']}"
@@ -158,9 +159,9 @@ def test_domains_text(capsys, keyed, server_url, define_domain) -> None:
     status, out, err = run(capsys, "domains", "--server", server_url)
     assert (status, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "CONSOLE"]
+    assert lines[0].split() == ["NAME", "STATE", "CONSOLE", "SERIAL"]
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert rows[domain.name()].split() == [domain.name(), "running", "vnc://127.0.0.1:5905"]
+    assert rows[domain.name()].split() == [domain.name(), "running", "vnc://127.0.0.1:5905", "-"]
     assert rows[BUILTIN_DOMAIN].split()[:2] == [BUILTIN_DOMAIN, "running"]
     assert "no VNC graphics device" in rows[BUILTIN_DOMAIN]
     # The columns line up.

@@ -83,6 +83,7 @@ def test_to_json_of_a_running_domain() -> None:
             {"index": 1, "endpoint": "vnc://127.0.0.1:5901"},
             {"index": 3, "unavailable": "the VNC port is assigned when the domain starts"},
         ],
+        "serial_consoles": [],
     }
 
 

@@ -1,0 +1,195 @@
+"""Serial consoles end to end: real libvirtd, the tiny Linux guest with a shell on its serial
+PTY (logged to a file), a real `broker serve` and real WebSocket clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from support import vms
+from support.processes import BrokerProcess, start_broker
+from support.ws import close_of
+
+PROMPT = b"tiny# "
+
+
+@pytest.fixture(scope="module")
+def serial_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> tuple[libvirt.virDomain, Path]:
+    log_path = tmp_path_factory.mktemp("serial") / "serial0.log"
+    dom = vms.define_tiny(conn, "broker-test-serial", str(log_path))
+    vms.wait_for_line(str(log_path), "TINY-GUEST-READY")
+    return dom, log_path
+
+
+@pytest.fixture(scope="module")
+def serial_broker(tmp_path_factory: pytest.TempPathFactory, serial_vm) -> Iterator[BrokerProcess]:
+    process = start_broker(tmp_path_factory.mktemp("serial-broker"))
+    yield process
+    process.stop()
+
+
+class Terminal:
+    """A real WebSocket client speaking the serial wire protocol: bytes, plus JSON control."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.output = b""
+        self.controls: list[dict] = []
+
+    def read_until(self, marker: bytes, timeout: float = 15.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while marker not in self.output:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{marker!r} not seen; got {self.output[-300:]!r}")
+            try:
+                message = self.ws.recv(timeout=remaining)
+            except TimeoutError:
+                continue
+            if isinstance(message, bytes):
+                self.output += message
+            else:
+                self.controls.append(json.loads(message))
+        return self.output
+
+    def until_control(self, kind: str, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for control in self.controls:
+                if control["type"] == kind:
+                    return control
+            message = self.ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+            if isinstance(message, bytes):
+                self.output += message
+            else:
+                self.controls.append(json.loads(message))
+
+    def type(self, text: str) -> None:
+        self.ws.send(text.encode())
+
+    def run(self, command: str, marker: str) -> bytes:
+        """A command line typed into the guest's shell, and its output up to `marker`."""
+        start = len(self.output)
+        self.type(command + "\r")
+        self.read_until(marker.encode())
+        return self.output[start:]
+
+
+def open_terminal(broker: BrokerProcess, link: dict, *, query: str = "") -> Terminal:
+    ws = connect(link["websocket_url"] + query, open_timeout=10)
+    return Terminal(ws)
+
+
+def serial_link(broker: BrokerProcess, name: str, **body: object) -> dict:
+    return broker.mint(name, kind="serial", **body)
+
+
+def test_a_line_sent_to_the_guest_is_answered(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    link = serial_link(serial_broker, dom.name())
+    assert (link["kind"], link["console"]) == ("serial", "serial0")
+    terminal = open_terminal(serial_broker, link)
+    with terminal.ws:
+        assert terminal.until_control("live")
+        answer = terminal.run("echo $((6 * 7))-answer", "42-answer")
+        assert b"42-answer" in answer
+
+
+def test_history_is_replayed_before_live_output(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, log_path = serial_vm
+    vms.wait_for_line(str(log_path), "TINY-GUEST-READY")
+    terminal = open_terminal(serial_broker, serial_link(serial_broker, dom.name()))
+    with terminal.ws:
+        header = terminal.until_control("history")
+        assert header["available"] is True and 0 < header["bytes"] <= 64 * 1024
+        terminal.until_control("live")
+        assert b"TINY-GUEST-READY" in terminal.output  # printed at boot, long before this session
+        assert len(terminal.output) >= header["bytes"]
+
+
+def test_a_multibyte_line_arrives_intact(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    terminal = open_terminal(serial_broker, serial_link(serial_broker, dom.name()))
+    with terminal.ws:
+        terminal.until_control("live")
+        answer = terminal.run("echo 'grüße ✓ €-done'", "€-done")
+        assert "grüße ✓ €-done".encode() in answer
+
+
+def test_the_cli_mints_serial_links_and_lists_serial_consoles(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    minted = serial_broker.cli("token", dom.name(), "--serial", "serial0", "--json", check=True)
+    link = json.loads(minted.stdout)
+    assert (link["kind"], link["console"]) == ("serial", "serial0")
+    listing = serial_broker.cli("domains", check=True).stdout
+    line = next(row for row in listing.splitlines() if row.startswith(dom.name()))
+    assert "serial0 (history)" in line
+    terminal = open_terminal(serial_broker, link)
+    with terminal.ws:
+        terminal.until_control("live")
+        assert b"cli-ok" in terminal.run("echo cli-''ok", "cli-ok")
+
+
+def test_busy_then_take_over(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    first = open_terminal(serial_broker, serial_link(serial_broker, dom.name()))
+    with first.ws:
+        first.until_control("live")
+        busy = close_of(serial_link(serial_broker, dom.name())["websocket_url"])
+        assert busy.code == 4208 and "Take over" in busy.reason
+        refused = close_of(serial_link(serial_broker, dom.name(), take_over=False)["websocket_url"] + "&takeover=1")
+        assert refused.code == 4208 and "may not take it over" in refused.reason
+        second = open_terminal(serial_broker, serial_link(serial_broker, dom.name()), query="&takeover=1")
+        with second.ws:
+            second.until_control("live")
+            with pytest.raises(ConnectionClosed) as lost:
+                first.read_until(b"never", timeout=5)
+            assert lost.value.rcvd is not None and lost.value.rcvd.code == 4303
+            assert b"second-ok" in second.run("echo second-''ok", "second-ok")
+
+
+def test_virsh_console_holding_it_makes_it_busy(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    # virsh console wants a terminal: script(1) gives it one.
+    holder = subprocess.Popen(
+        ["script", "-qfec", f"virsh -c {vms.URI} console {dom.name()}", "/dev/null"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert holder.stdout is not None
+        holder.stdout.read1(100)  # "Connected to domain …": virsh holds the console now
+        closed = close_of(serial_link(serial_broker, dom.name(), take_over=False)["websocket_url"])
+        assert closed.code == 4208 and "Another client" in closed.reason
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_text_that_is_not_control_ends_the_session(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    terminal = open_terminal(serial_broker, serial_link(serial_broker, dom.name()))
+    with terminal.ws:
+        terminal.until_control("live")
+        terminal.ws.send(json.dumps({"type": "ping"}))
+        assert terminal.until_control("pong")
+        terminal.ws.send("ls -l")
+        with pytest.raises(ConnectionClosed) as ended:
+            terminal.read_until(b"never", timeout=5)
+    assert ended.value.rcvd is not None and ended.value.rcvd.code == 4302
+    assert "JSON control messages" in ended.value.rcvd.reason
+
+
+def test_a_domain_without_a_serial_console_says_what_to_add(serial_broker: BrokerProcess, tcp_vm) -> None:
+    response = serial_broker.api("POST", f"/api/v1/domains/{tcp_vm.name()}/console", json={"kind": "serial"})
+    assert response.status_code == 409
+    assert "<serial type='pty'><log file=" in response.json()["error"]["message"]
