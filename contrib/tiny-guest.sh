@@ -23,7 +23,7 @@ set -euo pipefail
 log() { printf '[tiny-guest] %s\n' "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }
 
-INIT_VERSION=2  # 2: a shell on ttyS0
+INIT_VERSION=3  # 2: a shell on ttyS0; 3: ttyS0 its controlling terminal (Ctrl-C works)
 [ $# -eq 1 ] || { sed -n '2,22p' "$0" >&2; exit 2; }
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
@@ -82,7 +82,7 @@ mount -t devtmpfs devtmpfs /dev
 exec 3</dev/tty0
 echo TINY-GUEST-READY >/dev/ttyS0
 # A shell on the serial line, restarted if it exits (a serial-console test may type `exit`).
-(while true; do PS1='tiny# ' setsid sh -i </dev/ttyS0 >/dev/ttyS0 2>&1; done) &
+(while true; do PS1='tiny# ' setsid -c sh -i </dev/ttyS0 >/dev/ttyS0 2>&1; done) &
 while true; do
   while IFS= read -r line <&3; do
     echo "GOT: $line" >/dev/ttyS0

@@ -16,9 +16,11 @@ from websockets.sync.client import ClientConnection, connect
 
 from support import vms
 from support.processes import BrokerProcess, start_broker
+from support.raw_ws import RawWebSocket
 from support.ws import close_of
 
 PROMPT = b"tiny# "
+FLOOD_LINES = 25_000  # 2 MB: ~15 s of the tiny guest's UART
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def serial_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def serial_broker(tmp_path_factory: pytest.TempPathFactory, serial_vm) -> Iterator[BrokerProcess]:
-    process = start_broker(tmp_path_factory.mktemp("serial-broker"))
+    # Pings every 60 s: the flood test's client reads nothing for a while, on purpose.
+    process = start_broker(tmp_path_factory.mktemp("serial-broker"), extra_env={"BROKER_PING_INTERVAL": "60"})
     yield process
     process.stop()
 
@@ -193,3 +196,105 @@ def test_a_domain_without_a_serial_console_says_what_to_add(serial_broker: Broke
     response = serial_broker.api("POST", f"/api/v1/domains/{tcp_vm.name()}/console", json={"kind": "serial"})
     assert response.status_code == 409
     assert "<serial type='pty'><log file=" in response.json()["error"]["message"]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_flooding_guest_and_a_browser_that_stops_reading_keep_memory_bounded(
+    serial_broker: BrokerProcess, serial_vm
+) -> None:
+    """The guest prints FLOOD_LINES as fast as its UART goes while the client reads nothing
+    (4 KiB receive buffer): the broker's memory stays bounded, and the session then goes on.
+    (The tiny guest's UART moves ~120 KiB/s under TCG, so a flood of tens of MiB would take
+    minutes here: that the broker keeps only BUFFER_LIMIT and drops the oldest output is
+    shown with a fake stream in tests/unit/test_serial_backend.py.)"""
+    dom, log_path = serial_vm
+    link = serial_link(serial_broker, dom.name())
+    client = RawWebSocket(link["websocket_url"], receive_buffer=4096)
+    pid = serial_broker.process.pid
+    before, logged_before = rss_mib(pid), log_path.stat().st_size
+    line = b"flood-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-ABCDEFGHIJKLMNOPQRSTUVWX"
+    client.send_binary(b"yes '" + line + b"' | head -n %d; echo flood-''done\r" % FLOOD_LINES)
+    peak, started = before, time.monotonic()
+    while b"flood-done" not in log_path.read_bytes()[-200:]:
+        assert time.monotonic() - started < 90, "the guest printed too slowly"
+        peak = max(peak, rss_mib(pid))
+        time.sleep(0.2)
+    flooded = (log_path.stat().st_size - logged_before) / 2**20
+    seconds = time.monotonic() - started
+    client.send_binary(b"echo after-''flood\r")
+    seen, deadline = bytearray(), time.monotonic() + 60
+    while b"after-flood" not in seen[-4096:]:
+        assert time.monotonic() < deadline, "the session did not come back after the flood"
+        opcode, data = client.read_frame()
+        if opcode == 0x2:
+            seen += data
+    client.close()
+    growth = peak - before
+    print(f"\nflood: {flooded:.1f} MiB in {seconds:.1f} s; broker RSS {before:.1f} -> peak {peak:.1f} MiB")
+    assert b"flood-done" in seen
+    assert growth < 16, f"the broker grew by {growth:.1f} MiB while the guest printed {flooded:.1f} MiB"
+
+
+def test_a_vm_destroyed_mid_session_closes_4300_at_once(
+    serial_broker: BrokerProcess, conn: libvirt.virConnect, tmp_path: Path
+) -> None:
+    dom = vms.define_tiny(conn, "broker-test-serial-doomed", str(tmp_path / "doomed.log"))
+    try:
+        terminal = open_terminal(serial_broker, serial_link(serial_broker, dom.name()))
+        with terminal.ws:
+            terminal.until_control("live")
+            dom.destroy()
+            destroyed = time.monotonic()
+            with pytest.raises(ConnectionClosed) as ended:
+                terminal.read_until(b"never", timeout=5)
+            seconds = time.monotonic() - destroyed
+        assert ended.value.rcvd is not None and ended.value.rcvd.code == 4300
+        assert seconds < 2, f"closed {seconds:.2f} s after the destroy"
+    finally:
+        vms.remove(conn, dom.name())
+
+
+# -- the security matrix, on serial links (docs/security.md) -------------------------------
+
+
+def test_a_serial_link_is_single_use(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    link = serial_link(serial_broker, dom.name())
+    with connect(link["websocket_url"], open_timeout=10) as first:
+        first.recv(timeout=10)
+        again = close_of(link["websocket_url"])
+    assert again.code == 4103
+
+
+def test_an_expired_serial_link_says_so(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    link = serial_link(serial_broker, dom.name(), ttl=1)
+    time.sleep(1.1)  # the link's whole lifetime must pass
+    assert close_of(link["websocket_url"]).code == 4102
+
+
+def test_a_forged_serial_token_opens_nothing(serial_broker: BrokerProcess) -> None:
+    assert close_of(f"{serial_broker.ws_url}/websockify?token={'A' * 43}&takeover=1").code == 4101
+
+
+def test_a_foreign_origin_cannot_open_a_serial_console(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    link = serial_link(serial_broker, dom.name())
+    assert close_of(link["websocket_url"], origin="https://evil.example").code == 4106
+
+
+def test_an_oversized_frame_closes_1009(serial_broker: BrokerProcess, serial_vm) -> None:
+    dom, _log = serial_vm
+    terminal = open_terminal(serial_broker, serial_link(serial_broker, dom.name()))
+    with terminal.ws:
+        terminal.until_control("live")
+        terminal.ws.send(b"x" * (1024 * 1024 + 1))
+        with pytest.raises(ConnectionClosed) as ended:
+            terminal.read_until(b"never", timeout=10)
+    assert ended.value.rcvd is not None and ended.value.rcvd.code == 1009
