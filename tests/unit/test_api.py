@@ -270,3 +270,29 @@ def test_broker_refuses_to_start_without_api_keys() -> None:
 
     with pytest.raises(ValueError, match="API key"):
         Broker(Source(), Tokens(MemoryTokenStore()), ())  # type: ignore[arg-type]
+
+
+def test_a_spice_only_domain_is_listed_with_the_reason_and_the_conversion(api, define_domain) -> None:
+    spice = define_domain("<graphics type='spice' port='5930'/>")
+    listed = {d["name"]: d for d in api.client.get("/api/v1/domains", headers=AUTH).json()["domains"]}
+    reason = listed[spice.name()]["console_unavailable"]
+    assert "only SPICE graphics" in reason and f"virt-xml {spice.name()} --convert-to-vnc" in reason
+    refused = api.post_console(spice.name())
+    assert refused.status_code == 409 and "--convert-to-vnc" in refused.json()["error"]["message"]
+
+
+def test_a_serial_request_is_checked_before_libvirt(api, define_domain) -> None:
+    domain = define_domain(VNC)
+    for body, word in [
+        ({"kind": "rdp"}, "kind"),
+        ({"kind": "serial", "graphics": 0}, "graphics"),
+        ({"console": "serial0"}, "console"),
+        ({"kind": "serial", "console": ""}, "console"),
+        ({"kind": "serial", "take_over": "yes"}, "take_over"),
+        ({"take_over": False}, "take_over"),
+    ]:
+        response = api.post_console(domain.name(), body)
+        assert response.status_code == 422, body
+        assert word in response.json()["error"]["message"], body
+    no_serial = api.post_console(domain.name(), {"kind": "serial"})
+    assert no_serial.status_code == 409 and "<serial type='pty'>" in no_serial.json()["error"]["message"]
