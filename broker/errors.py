@@ -38,11 +38,15 @@ VNC_AUTH_FAILED = Failure("vnc_auth_failed", 4206, 502, "The VM's VNC server ref
 VNC_HANDSHAKE_FAILED = Failure("vnc_handshake_failed", 4207, 502, "The VNC handshake failed.")
 LIBVIRT_ERROR = Failure("libvirt_error", 4205, 502, "libvirt refused the request.")
 CONSOLE_BUSY = Failure("console_busy", 4208, 409, "Another client is using this serial console.")
+CONSOLE_EXCLUSIVE = Failure(
+    "console_exclusive", 4209, 409, "Another user has exclusive control of this console; only view-only links may join."
+)
 
 VM_STOPPED = Failure("vm_stopped", 4300, 410, "The virtual machine stopped.")
 CONSOLE_CLOSED = Failure("console_closed", 4301, 502, "The VNC server closed the connection.")
 UNSUPPORTED_DATA = Failure("unsupported_data", 4302, 400, "Only binary WebSocket messages are relayed.")
 TAKEN_OVER = Failure("taken_over", 4303, 409, "Another session took over this console.")
+EXCLUSIVE_TAKEN = Failure("exclusive_taken", 4304, 409, "Another user took exclusive control of this console.")
 
 TOO_MANY_SESSIONS = Failure(
     "too_many_sessions", 4400, 429, "The broker serves as many consoles as it may; try again later."

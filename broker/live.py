@@ -13,16 +13,19 @@ import contextlib
 from collections.abc import Iterator
 
 from .access.limits import SessionLimits
-from .errors import BUSY, TOO_MANY_SESSIONS, TOO_MANY_VIEWERS, BrokerError
-from .model import ConsoleRef
+from .errors import BUSY, CONSOLE_EXCLUSIVE, TOO_MANY_SESSIONS, TOO_MANY_VIEWERS, BrokerError
+from .model import ConsoleRef, LinkMode
 
 
 class LiveSession:
     """A relayed console that something outside the relay may need to end, with a reason."""
 
-    def __init__(self, console: ConsoleRef, name: str) -> None:
+    def __init__(self, console: ConsoleRef, name: str, mode: LinkMode = LinkMode.INTERACTIVE, user: str = "") -> None:
         self.console = console
         self.name = name
+        self.mode = mode
+        self.user = user
+        self.max_session_length = 0.0  # this link's own cap (0: only the broker's)
         # A Future, not an Event: one is held per open session, and an Event costs ~8x more.
         self.stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.reason: BrokerError | None = None
@@ -62,10 +65,10 @@ class LiveSessions:
         finally:
             self.pending -= 1
 
-    def add(self, console: ConsoleRef, name: str) -> LiveSession:
+    def add(self, console: ConsoleRef, name: str, mode: LinkMode = LinkMode.INTERACTIVE, user: str = "") -> LiveSession:
         """Count a session from here, before any await: opens that overlap must see each other."""
         self.check_viewers(console.uuid)
-        session = LiveSession(console, name)
+        session = LiveSession(console, name, mode, user)
         self._by_domain.setdefault(session.uuid, set()).add(session)
         self.count += 1
         return session
@@ -84,6 +87,19 @@ class LiveSessions:
             raise BrokerError(
                 TOO_MANY_VIEWERS, f"This console already has {self.limits.max_viewers} viewers, the most allowed."
             )
+
+    def of_console(self, console: ConsoleRef) -> list[LiveSession]:
+        """The sessions on this one console (same domain, kind and device; any run)."""
+        return [
+            s
+            for s in self._by_domain.get(console.uuid, ())
+            if (s.console.kind, s.console.index) == (console.kind, console.index)
+        ]
+
+    def check_exclusive(self, console: ConsoleRef, mode: LinkMode) -> None:
+        """While a session has exclusive control of a console, no interactive link may join it."""
+        if mode is LinkMode.INTERACTIVE and any(s.mode is LinkMode.EXCLUSIVE for s in self.of_console(console)):
+            raise BrokerError(CONSOLE_EXCLUSIVE)
 
     def of_domain(self, uuid: str) -> list[LiveSession]:
         return list(self._by_domain.get(uuid, ()))

@@ -21,6 +21,14 @@ class ConsoleKind(enum.Enum):
     SERIAL = "serial"
 
 
+class LinkMode(enum.Enum):
+    """What a link lets its user do, enforced by the broker (not by the page)."""
+
+    INTERACTIVE = "interactive"
+    VIEW_ONLY = "view-only"  # pictures (or output) only: every input is dropped
+    EXCLUSIVE = "exclusive"  # ends the console's other sessions, and no interactive one may join
+
+
 @dataclass(frozen=True)
 class ConsoleRef:
     """What a token opens: a console of one kind by the domain's UUID (never its name) and
@@ -217,3 +225,7 @@ class Stream:
     password: str | None = field(default=None, repr=False)
     # Serial: the end of the console's log, replayed before live output (None: it has no log).
     history: bytes | None = None
+    # VNC: the broker follows the browser's RFB stream to force ClientInit's shared flag on (and,
+    # for view-only links, to filter input). Off for static consoles of an interactive link:
+    # their security types are not known to be the ones libvirt's QEMU speaks.
+    follow_rfb: bool = True

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from ..errors import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING, TOKEN_REVOKED, TOKEN_USED, BrokerError
-from ..model import ConsoleRef
+from ..model import ConsoleRef, LinkMode
 
 TOKEN_BYTES = 32
 # The shortest lifetime a link may be given: one that expires before anyone can open it
@@ -38,6 +38,9 @@ class Grant:
     # What was minted beside the console: may this link force a busy serial console over?
     may_take_over: bool = False
     device: str = ""  # the console's name for people ("serial0"); the ref is what counts
+    mode: LinkMode = LinkMode.INTERACTIVE
+    user: str = ""  # the panel's label for the person the link is for; shown, never trusted
+    max_session_length: float = 0.0  # this link's own cap, seconds (0: the broker's)
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,24 @@ class Tokens:
         *,
         may_take_over: bool = False,
         device: str = "",
+        mode: LinkMode = LinkMode.INTERACTIVE,
+        user: str = "",
+        max_session_length: float = 0.0,
     ) -> MintedToken:
         ttl = self.check_ttl(ttl)
         now = self.clock()
         self._purge(now)
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        grant = Grant(console=console, name=name, expires_at=now + ttl, may_take_over=may_take_over, device=device)
+        grant = Grant(
+            console=console,
+            name=name,
+            expires_at=now + ttl,
+            may_take_over=may_take_over,
+            device=device,
+            mode=mode,
+            user=user,
+            max_session_length=max_session_length,
+        )
         self.store.add(digest_of(token), grant)
         return MintedToken(token, grant)
 

@@ -2,8 +2,10 @@
 
 When a console has a password, the broker logs in to QEMU itself and then offers the
 browser security type None, so the password never leaves the broker. QEMU goes first:
-a wrong password fails before the browser has seen a byte. After both handshakes,
-what each side already sent for the next phase is forwarded and the relay takes over.
+a wrong password fails before the browser has seen a byte. After both handshakes, what
+the server already sent for the next phase goes to the browser, and what the browser sent
+(its ClientInit, typically) is returned for the link's input rule (kinds/rfbinput.py,
+which forces the shared flag on) to pass on; then the relay takes over.
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ class ClientLeft(Exception):
     """The browser went away during the handshake: nobody to tell anything."""
 
 
-async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout: float = HANDSHAKE_TIMEOUT) -> None:
+async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout: float = HANDSHAKE_TIMEOUT) -> bytes:
     """Log in to the VNC server with stream.password, then hand the browser a None handshake.
 
     Raises BrokerError (with a reason for the browser) or ClientLeft; both ways the browser
     can vanish (its disconnect received, a send to it failing) are ClientLeft, so the
-    caller ends the session quietly and closes the VNC connection.
+    caller ends the session quietly and closes the VNC connection. Returns what the browser
+    sent past the security handshake.
     """
     try:
-        await asyncio.wait_for(_both_sides(websocket, stream), timeout)
+        return await asyncio.wait_for(_both_sides(websocket, stream), timeout)
     except WebSocketDisconnect:  # Starlette's word for a send to a browser that has gone
         raise ClientLeft from None
     except TimeoutError:
@@ -43,7 +46,7 @@ async def authenticate(websocket: WebSocket, stream: Stream, name: str, timeout:
         raise BrokerError(failure, f"{failure.summary.rstrip('.')} ({name!r}: {exc.message}).") from None
 
 
-async def _both_sides(websocket: WebSocket, stream: Stream) -> None:
+async def _both_sides(websocket: WebSocket, stream: Stream) -> bytes:
     server = ServerSide(stream.password)
     while not server.done:
         data = await stream.backend.read(4096)
@@ -65,11 +68,10 @@ async def _both_sides(websocket: WebSocket, stream: Stream) -> None:
         if payload is None:
             raise RFBError("protocol", "the browser sent a text message during the handshake")
         client.receive_data(payload)
-    if client.leftover:
-        stream.backend.write(client.leftover)
     if server.leftover:
         await websocket.send({"type": "websocket.send", "bytes": server.leftover})
     try:
         await stream.backend.drain()
     except ConnectionResetError:  # the VNC server, not the browser, went away
         raise RFBError("protocol", "the VNC server closed the connection during the handshake") from None
+    return client.leftover

@@ -65,6 +65,22 @@ class TextAnswer:
 
 # Per console kind (broker/kinds/rules.py), never the pump's own decision.
 TextRule = Callable[[str], TextAnswer]
+
+
+class InputRule(Protocol):
+    """Per kind and link mode (broker/kinds/rules.py): what of the browser's bytes reaches the
+    console. No rule, or one `finished`: everything, untouched (the common, fast case)."""
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more to check: the relay writes the browser's bytes untouched from now on."""
+        ...
+
+    def __call__(self, data: bytes) -> bytes | None:
+        """The bytes to write (maybe none); None ends the session (RelayEnd.INPUT_REFUSED)."""
+        ...
+
+
 REFUSED = TextAnswer(refused=True)
 
 
@@ -77,6 +93,7 @@ class RelayEnd(enum.Enum):
     CLIENT_CLOSED = "client closed"
     BACKEND_CLOSED = "backend closed"
     CLIENT_SENT_TEXT = "client sent a text message"
+    INPUT_REFUSED = "client sent input its link does not allow"
     STOPPED = "stopped from outside"
     IDLE = "no input from the client for too long"
     CLIENT_UNRESPONSIVE = "the client stopped answering pings"
@@ -87,6 +104,7 @@ async def relay(
     backend: Backend,
     *,
     on_text: TextRule = refuse_text,
+    on_input: InputRule | None = None,
     stop: asyncio.Future[None] | None = None,
     idle_timeout: float = 0.0,
     read_size: int = READ_SIZE,
@@ -96,7 +114,7 @@ async def relay(
     `idle_timeout` seconds (0: never); close the stream (not the WebSocket) and say why."""
     activity = _Activity()
     traffic = traffic or Traffic()
-    upstream = asyncio.create_task(_client_to_backend(websocket, backend, on_text, activity, traffic))
+    upstream = asyncio.create_task(_client_to_backend(websocket, backend, on_text, on_input, activity, traffic))
     downstream = asyncio.create_task(_backend_to_client(backend, websocket, read_size, traffic))
     stopped = asyncio.create_task(idle_or_stopped(stop, activity, idle_timeout))
     tasks = (upstream, downstream, stopped)
@@ -144,7 +162,12 @@ async def idle_or_stopped(stop: asyncio.Future[None] | None, activity: HasLastIn
 
 
 async def _client_to_backend(
-    websocket: WebSocket, backend: Backend, on_text: TextRule, activity: _Activity, traffic: Traffic
+    websocket: WebSocket,
+    backend: Backend,
+    on_text: TextRule,
+    on_input: InputRule | None,
+    activity: _Activity,
+    traffic: Traffic,
 ) -> RelayEnd:
     receive = websocket.receive
     loop = asyncio.get_running_loop()
@@ -161,6 +184,13 @@ async def _client_to_backend(
             if answer.reply is not None:
                 await websocket.send({"type": "websocket.send", "text": answer.reply})
             continue
+        if on_input is not None:
+            allowed = on_input(data)
+            if allowed is None:
+                return RelayEnd.INPUT_REFUSED
+            data = allowed
+            if on_input.finished:
+                on_input = None
         traffic.up += len(data)
         backend.write(data)
         try:

@@ -26,7 +26,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from ..relay import zerocopy
 from ..relay.backend import Backend
-from ..relay.pump import SPLICE_EXTENSION, RelayEnd, TextRule, Traffic, refuse_text
+from ..relay.pump import SPLICE_EXTENSION, InputRule, RelayEnd, TextRule, Traffic, refuse_text
 from ..relay.wsframes import FIN, OP_BINARY, ClientFrameReader, server_frame_header, server_text_frame
 
 log = logging.getLogger("broker.splice")
@@ -168,11 +168,12 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
         *,
         stop: asyncio.Future[None],
         on_text: TextRule = refuse_text,
+        on_input: InputRule | None = None,
         idle_timeout: float = 0.0,
         traffic: Traffic | None = None,
     ) -> RelayEnd:
         """Relay until one side ends, `stop` is done, or the browser is idle too long."""
-        sink = _Splice(self, backend, on_text, traffic or Traffic())
+        sink = _Splice(self, backend, on_text, traffic or Traffic(), on_input)
         try:
             # What the browser sent before the splice is still queued for the app: it goes first.
             while not self.queue.empty():
@@ -185,8 +186,9 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
                     if sink.ended.done():
                         return sink.ended.result()
                     continue
-                sink.traffic.up += len(data)
-                backend.write(data)
+                sink.client_data([data])
+                if sink.ended.done():
+                    return sink.ended.result()
             # The handshake is long done: its parsed headers are ~4 KiB a session, kept for nothing.
             self.request = self.response = None  # type: ignore[assignment]
             self._sink = sink
@@ -334,11 +336,17 @@ class _Splice:
     """
 
     def __init__(
-        self, protocol: SplicingWebSocketProtocol, backend: Backend, on_text: TextRule, traffic: Traffic
+        self,
+        protocol: SplicingWebSocketProtocol,
+        backend: Backend,
+        on_text: TextRule,
+        traffic: Traffic,
+        on_input: InputRule | None = None,
     ) -> None:
         self.protocol = protocol
         self.backend = backend
         self.on_text = on_text
+        self.on_input = on_input
         self.traffic = traffic
         self.loop = asyncio.get_running_loop()
         self.ended: asyncio.Future[RelayEnd] = self.loop.create_future()
@@ -376,6 +384,15 @@ class _Splice:
             return
         self.last_input = self.loop.time()
         data = payload[0] if len(payload) == 1 else b"".join(payload)
+        rule = self.on_input
+        if rule is not None:
+            allowed = rule(data)
+            if allowed is None:
+                self.finish(RelayEnd.INPUT_REFUSED)
+                return
+            data = allowed
+            if rule.finished:  # past ClientInit on an interactive link: nothing more to check
+                self.on_input = None
         self.traffic.up += len(data)
         self.backend.write(data)
         self.check_backend_buffer()

@@ -73,7 +73,7 @@ class CombinedConsoles:
         endpoint = info.console(ref.index).endpoint
         assert isinstance(endpoint, (TcpEndpoint, UnixEndpoint))
         backend = await connect_endpoint(info.name, endpoint, self.static.connect_timeout)
-        return info, Stream(backend, endpoint)
+        return info, Stream(backend, endpoint, follow_rfb=False)
 
     async def still_running(self, uuid: str, run_id: int) -> bool:
         return uuid in self.static.by_uuid or await self.libvirt.still_running(uuid, run_id)

@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket
 from ..errors import (
     CONSOLE_BUSY,
     CONSOLE_CLOSED,
+    EXCLUSIVE_TAKEN,
     IDLE_TIMEOUT,
     INVALID_INPUT,
     ORIGIN_REFUSED,
@@ -48,10 +49,10 @@ from ..relay.pump import SPLICE_EXTENSION, RelayEnd, Traffic, relay
 from ..access.pages import COOKIE_NAME, PagePasses
 from ..access.tokens import Grant, MemoryTokenStore, MintedToken, Tokens
 from ..kinds import serial as serial_kind
-from ..kinds.rules import text_rule
+from ..kinds.rules import VncInput, input_rule, text_rule
 from ..kinds.vncauth import ClientLeft, authenticate
 from ..live import LiveSession, LiveSessions
-from ..model import ConsoleKind, ConsoleRef, DomainInfo, Stream, serial_xml_hint
+from ..model import ConsoleKind, ConsoleRef, DomainInfo, LinkMode, Stream, serial_xml_hint
 
 log = logging.getLogger("broker.app")
 
@@ -206,10 +207,26 @@ class Broker:
             console = domain.console(request_.graphics)
             ref, device = ConsoleRef(domain.uuid, console.index, domain.run_id), f"graphics {console.index}"
         self.live.check_viewers(domain.uuid)
+        self.live.check_exclusive(ref, request_.mode)
         may_take_over = self.serial_take_over and request_.take_over and ref.kind is ConsoleKind.SERIAL
-        minted = self.tokens.mint(ref, domain.name, ttl, may_take_over=may_take_over, device=device)
+        minted = self.tokens.mint(
+            ref,
+            domain.name,
+            ttl,
+            may_take_over=may_take_over,
+            device=device,
+            mode=request_.mode,
+            user=request_.user,
+            max_session_length=request_.max_session_length,
+        )
         log.info(
-            "minted a %s console token for domain %s (%s), ttl %gs", ref.kind.value, domain.name, domain.uuid, ttl
+            "minted a %s %s console token for domain %s (%s)%s, ttl %gs",
+            request_.mode.value,
+            ref.kind.value,
+            domain.name,
+            domain.uuid,
+            f" for user {request_.user!r}" if request_.user else "",
+            ttl,
         )
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
 
@@ -251,6 +268,7 @@ class Broker:
             "domain": {"name": domain.name, "uuid": domain.uuid},
             "kind": minted.grant.console.kind.value,
             "console": minted.grant.device,
+            "mode": minted.grant.mode.value,
         }
 
     def base_url(self, request: HTTPConnection) -> str:
@@ -306,6 +324,7 @@ class Broker:
                 "kind": session.console.kind.value,
                 "console": session.device,
                 "may_take_over": session.may_take_over,
+                "mode": session.mode.value,
             },
             headers=PAGE_HEADERS,
         )
@@ -347,7 +366,7 @@ class Broker:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
             await _close(websocket, exc)
             return
-        limit = self.limits.max_session_length
+        limit = _shortest(self.limits.max_session_length, session.max_session_length)
         timer = (
             asyncio.get_running_loop().call_later(limit, session.end, BrokerError(SESSION_TIME_LIMIT))
             if limit
@@ -355,20 +374,46 @@ class Broker:
         )
         traffic = Traffic()
         try:
+            on_input = input_rule(stream, session.mode, at_client_init=bool(stream.password))
             if stream.password:
-                await authenticate(websocket, stream, domain.name)
+                after = await authenticate(websocket, stream, domain.name)
+                if after:
+                    allowed = on_input(after) if on_input is not None else after
+                    if allowed is None:
+                        raise input_refused(on_input)
+                    stream.backend.write(allowed)
+                    if on_input is not None and on_input.finished:
+                        on_input = None
             if stream.kind is ConsoleKind.SERIAL:
                 await replay_history(websocket, stream, domain.name)
-            log.info("console session for %s opened from %s via %s", domain.name, client, stream.endpoint)
+            log.info(
+                "%s console session for %s%s opened from %s via %s",
+                session.mode.value,
+                domain.name,
+                f" (user {session.user!r})" if session.user else "",
+                client,
+                stream.endpoint,
+            )
             splicer = websocket.scope.get("extensions", {}).get(SPLICE_EXTENSION)
             on_text, idle = text_rule(stream.kind), self.limits.idle_timeout
             if splicer is not None:  # served by our uvicorn protocol: the fast path
                 end = await splicer.splice(
-                    stream.backend, on_text=on_text, stop=session.stop, idle_timeout=idle, traffic=traffic
+                    stream.backend,
+                    on_text=on_text,
+                    on_input=on_input,
+                    stop=session.stop,
+                    idle_timeout=idle,
+                    traffic=traffic,
                 )
             else:
                 end = await relay(
-                    websocket, stream.backend, on_text=on_text, stop=session.stop, idle_timeout=idle, traffic=traffic
+                    websocket,
+                    stream.backend,
+                    on_text=on_text,
+                    on_input=on_input,
+                    stop=session.stop,
+                    idle_timeout=idle,
+                    traffic=traffic,
                 )
         except BrokerError as exc:  # from the VNC-auth handshake
             log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
@@ -383,7 +428,7 @@ class Broker:
             if timer is not None:
                 timer.cancel()
             self.live.remove(session)
-        await _close(websocket, await self.end_reason(end, session, domain, stream))
+        await _close(websocket, await self.end_reason(end, session, domain, stream, on_input))
         log.info("console session for %s from %s ended: %s; %s", domain.name, client, end.value, traffic.summary())
 
     async def open_session(
@@ -395,12 +440,17 @@ class Broker:
             raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']!r}.")
         with self.live.opening():
             grant = authorize()
+            self.live.check_exclusive(grant.console, grant.mode)
+            if grant.mode is LinkMode.EXCLUSIVE:  # the others hear why before this one connects
+                for other in self.live.of_console(grant.console):
+                    other.end(BrokerError(EXCLUSIVE_TAKEN))
             force = take_over and grant.may_take_over and self.serial_take_over
             if force:  # our own sessions on that console hear why they end before libvirt cuts them
                 for other in self.live.of_domain(grant.console.uuid):
                     if other.console == grant.console:
                         other.end(BrokerError(TAKEN_OVER))
-            session = self.live.add(grant.console, grant.name)
+            session = self.live.add(grant.console, grant.name, grant.mode, grant.user)
+            session.max_session_length = grant.max_session_length
             try:
                 domain, stream = await self.consoles.open(grant.console, take_over=force)
             except BrokerError as exc:
@@ -414,7 +464,7 @@ class Broker:
             return session, domain, stream
 
     async def end_reason(
-        self, end: RelayEnd, session: LiveSession, domain: DomainInfo, stream: Stream
+        self, end: RelayEnd, session: LiveSession, domain: DomainInfo, stream: Stream, on_input: object = None
     ) -> BrokerError | None:
         """What to tell the client when the relay ended (None: the client left by itself)."""
         if end is RelayEnd.STOPPED:
@@ -424,6 +474,8 @@ class Broker:
                 IDLE_TIMEOUT, f"The console was closed after {self.limits.idle_timeout:g} s without input."
             )
         serial = stream.kind is ConsoleKind.SERIAL
+        if end is RelayEnd.INPUT_REFUSED:
+            return input_refused(on_input)
         if end is RelayEnd.CLIENT_SENT_TEXT:
             return BrokerError(UNSUPPORTED_DATA, serial_kind.VOCABULARY if serial else None)
         if end is RelayEnd.BACKEND_CLOSED:
@@ -486,10 +538,13 @@ class ConsoleRequest:
     graphics: int | None = None  # VNC: the <graphics> index
     serial: str | int | None = None  # serial: alias or index
     take_over: bool = True  # serial: may this link force a busy console over
+    mode: LinkMode = LinkMode.INTERACTIVE
+    user: str = ""
+    max_session_length: float = 0.0
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> ConsoleRequest:
-        unknown = set(body) - {"ttl", "graphics", "kind", "console", "take_over"}
+        unknown = set(body) - {"ttl", "graphics", "kind", "console", "take_over", "mode", "user", "max_session_length"}
         if unknown:
             raise BrokerError(INVALID_INPUT, f"Unknown field(s): {', '.join(sorted(unknown))}.")
         try:
@@ -505,7 +560,31 @@ class ConsoleRequest:
         take_over = body.get("take_over", True)
         if not isinstance(take_over, bool) or (kind is not ConsoleKind.SERIAL and "take_over" in body):
             raise BrokerError(INVALID_INPUT, "take_over must be true or false, for kind 'serial' only.")
-        return cls(kind, body.get("ttl"), index, serial, take_over)
+        try:
+            mode = LinkMode(body.get("mode", "interactive"))
+        except ValueError:
+            raise BrokerError(INVALID_INPUT, "mode must be 'interactive', 'view-only' or 'exclusive'.") from None
+        user = body.get("user", "")
+        if not isinstance(user, str) or len(user) > MAX_USER_LABEL or not user.isprintable():
+            raise BrokerError(INVALID_INPUT, f"user must be printable text of at most {MAX_USER_LABEL} characters.")
+        length = body.get("max_session_length", 0)
+        if isinstance(length, bool) or not isinstance(length, (int, float)) or not 0 <= length <= 7 * 86400:
+            raise BrokerError(INVALID_INPUT, "max_session_length must be a number of seconds from 0 (none) to 604800.")
+        return cls(kind, body.get("ttl"), index, serial, take_over, mode, user, float(length))
+
+
+MAX_USER_LABEL = 128
+
+
+def input_refused(on_input: object) -> BrokerError:
+    """A view-only session sent a message its filter cannot judge (kinds/rfbinput.py)."""
+    what = on_input.refused if isinstance(on_input, VncInput) and on_input.refused else "input"
+    return BrokerError(UNSUPPORTED_DATA, f"This view-only link sent {what}, which it may not; the session ended.")
+
+
+def _shortest(*limits: float) -> float:
+    """The tightest of several session-length caps, 0 meaning none."""
+    return min((limit for limit in limits if limit), default=0.0)
 
 
 def _is_index(value: Any) -> bool:

@@ -28,6 +28,16 @@ def conn() -> Iterator[libvirt.virConnect]:
 
 
 @pytest.fixture(scope="session")
+def tiny_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> tuple[libvirt.virDomain, Path]:
+    """The tiny Linux guest, booted once for every test that needs a guest that reacts: a
+    shell on its serial PTY (logged to the returned file), VGA keys echoed there as GOT: …."""
+    log_path = tmp_path_factory.mktemp("tiny") / "serial0.log"
+    dom = vms.define_tiny(conn, "broker-test-tiny", str(log_path))
+    vms.wait_for_line(str(log_path), "TINY-GUEST-READY")
+    return dom, log_path
+
+
+@pytest.fixture(scope="session")
 def socket_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("vnc-sockets")
 

@@ -24,11 +24,8 @@ FLOOD_LINES = 25_000  # 2 MB: ~15 s of the tiny guest's UART
 
 
 @pytest.fixture(scope="module")
-def serial_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> tuple[libvirt.virDomain, Path]:
-    log_path = tmp_path_factory.mktemp("serial") / "serial0.log"
-    dom = vms.define_tiny(conn, "broker-test-serial", str(log_path))
-    vms.wait_for_line(str(log_path), "TINY-GUEST-READY")
-    return dom, log_path
+def serial_vm(tiny_vm: tuple[libvirt.virDomain, Path]) -> tuple[libvirt.virDomain, Path]:
+    return tiny_vm
 
 
 @pytest.fixture(scope="module")

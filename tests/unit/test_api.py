@@ -12,7 +12,7 @@ from broker.web.app import Broker
 from unit_support import AUTH, BUILTIN_DOMAIN, START_TIME, vnc_graphics
 
 VNC = vnc_graphics(5905)
-MINTED_KEYS = {"token", "console_url", "websocket_url", "expires_at", "domain", "kind", "console"}
+MINTED_KEYS = {"token", "console_url", "websocket_url", "expires_at", "domain", "kind", "console", "mode"}
 
 
 def iso(timestamp: float) -> str:
@@ -296,3 +296,22 @@ def test_a_serial_request_is_checked_before_libvirt(api, define_domain) -> None:
         assert word in response.json()["error"]["message"], body
     no_serial = api.post_console(domain.name(), {"kind": "serial"})
     assert no_serial.status_code == 409 and "<serial type='pty'>" in no_serial.json()["error"]["message"]
+
+
+def test_mode_user_and_session_length_are_checked(api, define_domain) -> None:
+    domain = define_domain(VNC)
+    for body, word in [
+        ({"mode": "admin"}, "mode"),
+        ({"user": "a\x1b[31mb"}, "user"),
+        ({"user": "x" * 129}, "user"),
+        ({"user": 7}, "user"),
+        ({"max_session_length": -1}, "max_session_length"),
+        ({"max_session_length": True}, "max_session_length"),
+    ]:
+        response = api.post_console(domain.name(), body)
+        assert response.status_code == 422, body
+        assert word in response.json()["error"]["message"], body
+    minted = api.post_console(domain.name(), {"mode": "view-only", "user": "alice", "max_session_length": 30})
+    assert minted.status_code == 201 and minted.json()["mode"] == "view-only"
+    grant = api.broker.tokens.redeem(minted.json()["token"])
+    assert (grant.mode.value, grant.user, grant.max_session_length) == ("view-only", "alice", 30.0)

@@ -91,7 +91,7 @@ def test_token_json(capsys, keyed, server_url, define_domain) -> None:
     status, out, err = run(capsys, "token", domain.name(), "--json", "--server", server_url)
     assert (status, err) == (0, "")
     body = json.loads(out)
-    assert set(body) == {"token", "console_url", "websocket_url", "expires_at", "domain", "kind", "console"}
+    assert set(body) == {"token", "console_url", "websocket_url", "expires_at", "domain", "kind", "console", "mode"}
     assert (body["kind"], body["console"]) == ("vnc", "graphics 0")
     assert body["domain"] == {"name": domain.name(), "uuid": domain.UUIDString()}
     assert body["console_url"] == f"{server_url}/console?token={body['token']}"
