@@ -36,6 +36,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from support.processes import BrokerProcess, start_broker
 from support.rfb_client import ServerInit, handshake, request_update
+from support.wait import wait_until
 from support.ws import close_of
 
 pytestmark = pytest.mark.integration
@@ -215,19 +216,24 @@ def mint(broker: BrokerProcess, vm: libvirt.virDomain, **body: object) -> dict:
 def mint_when_free(broker: BrokerProcess, vm: libvirt.virDomain, wait: float = 5.0) -> dict:
     """Mint once a viewer slot is free: a session a client just closed leaves the
     broker's books a moment after the client saw the close."""
-    deadline = time.monotonic() + wait
-    while True:
+
+    def attempt() -> dict | None:
         response = api(broker, "POST", f"/api/v1/domains/{vm.name()}/console")
         if response.status_code == 201:
             SEEN_TOKENS.append(response.json()["token"])
             return response.json()
         assert response.status_code == 429 and response.json()["error"]["code"] == "too_many_viewers", response.text
-        assert time.monotonic() < deadline, "a viewer slot was never given back"
-        time.sleep(0.05)
+        return None
+
+    return wait_until(attempt, wait, "a viewer slot to be given back", interval=0.05)
 
 
 def log_since(broker: BrokerProcess, offset: int) -> str:
-    time.sleep(0.1)  # let the last lines of the request in question arrive
+    """The broker's log from `offset` on, once a request made after the one under test is
+    in it: whatever the broker had to say about the earlier one is in by then."""
+    marker = f"/healthz?after={secrets.token_hex(4)}"
+    assert HTTP.get(broker.url + marker).status_code == 200
+    wait_until(lambda: marker in broker.log()[offset:], 5, f"the broker to log {marker}")
     return broker.log()[offset:]
 
 

@@ -167,7 +167,7 @@ def test_an_upgrade_pipelined_behind_a_request_outlives_the_header_timeout(broke
     assert conn.answer()[0] == 200
     assert conn.answer()[0] == 101
     assert conn.frame() == (0x2, GREETING)
-    time.sleep(HEADER_TIMEOUT + 0.5)
+    time.sleep(HEADER_TIMEOUT + 0.5)  # on purpose: the deadline must pass with the session open
     conn.send_binary(command(b"E", 5) + b"hello")
     assert conn.frame() == (0x2, b"hello"), "the console still relays"
     assert b"HTTP/" not in conn.buffer + conn.quiet_for(0.2)
@@ -179,7 +179,7 @@ def test_a_slow_pipelined_request_gets_its_own_answer(broker: BrokerProcess, con
     body = b"{}"
     conn.send(HEALTHZ + mint_head(broker, len(body)) + body[:1])
     assert conn.answer()[0] == 200
-    time.sleep(HEADER_TIMEOUT + 0.5)
+    time.sleep(HEADER_TIMEOUT + 0.5)  # on purpose: the body is late past the deadline
     conn.send(body[1:])
     status, _headers, answer = conn.answer()
     assert status == 201, answer
