@@ -45,10 +45,9 @@ def test_hostile_domain_name_is_escaped_in_log_and_close_reason(
 
 
 def test_hostile_origin_is_escaped_in_log(broker: BrokerProcess) -> None:
+    origin = "http://evil\u202e\x9b2J.example".encode()  # UTF-8 on the wire
     offset = len(broker.log())  # the shared broker may have refused an origin before
-    ws = RawWebSocket(
-        f"{broker.ws_url}/websockify?token={'A' * 43}", headers="Origin: http://evil\u202e\x9b2J.example\r\n"
-    )
+    ws = RawWebSocket(f"{broker.ws_url}/websockify?token={'A' * 43}", headers={"Origin": origin})
     ws.close()
     wait_until(lambda: "origin_refused" in broker.log()[offset:], 5, "the refused origin in the log")
     assert_escaped(broker.log())
