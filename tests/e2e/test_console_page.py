@@ -109,7 +109,7 @@ def test_reload_and_reconnect_need_no_new_link(stack, console_vm: libvirt.virDom
 def test_after_the_window_the_page_says_why(conn, console_vm: libvirt.virDomain, page, tmp_path: Path) -> None:
     broker = start_broker(tmp_path / "state", extra_env={"BROKER_SESSION_WINDOW": "3"})
     try:
-        link = broker.api("POST", f"/api/v1/domains/{console_vm.name()}/console").json()
+        link = broker.mint(console_vm.name())
         page.goto(link["console_url"])
         wait_state(page, "connected")
         time.sleep(3.5)  # the 3 s session window must run out; only the reload below can tell
