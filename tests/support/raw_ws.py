@@ -17,7 +17,12 @@ CLOSE = 0x8
 
 
 def upgrade_head(
-    target: str, *, host: str = "127.0.0.1", headers: dict[str, str | bytes] | None = None, drop: tuple[str, ...] = ()
+    target: str,
+    *,
+    host: str = "127.0.0.1",
+    headers: dict[str, str | bytes] | None = None,
+    drop: tuple[str, ...] = (),
+    version: str = "1.1",
 ) -> bytes:
     """A WebSocket upgrade request, header by header, so that a test can leave any of them
     out (`drop`) or spoil it (`headers`). Text goes out as Latin-1, byte for byte (a
@@ -31,7 +36,7 @@ def upgrade_head(
         "Sec-WebSocket-Version": "13",
         **(headers or {}),
     }
-    lines = [f"GET {target} HTTP/1.1".encode("latin-1")]
+    lines = [f"GET {target} HTTP/{version}".encode("latin-1")]
     for name, value in fields.items():
         if name not in drop:
             lines.append(
