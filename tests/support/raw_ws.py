@@ -46,11 +46,20 @@ def upgrade_head(
 
 
 def frame(
-    opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True, length: int | None = None
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    masked: bool = True,
+    rsv: int = 0,
+    key: bytes | None = None,
+    length: int | None = None,
 ) -> bytes:
-    """One client frame (RFC 6455 §5.2). `length` may claim a size the payload does not have."""
+    """One client frame (RFC 6455 §5.2), masked with `key` (by default a random one).
+    `rsv` sets the reserved bits (4 is RSV1); `length` may claim a size the payload does
+    not have."""
     size = len(payload) if length is None else length
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | rsv << 4 | opcode
     mask_bit = 0x80 if masked else 0
     if size < 126:
         head = struct.pack("!BB", first, mask_bit | size)
@@ -60,8 +69,11 @@ def frame(
         head = struct.pack("!BBQ", first, mask_bit | 127, size)
     if not masked:
         return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    key = os.urandom(4) if key is None else key
+    # Masked as one big integer: independent of the code under test, and fast for MiBs.
+    keystream = (key * (len(payload) // 4 + 1))[: len(payload)]
+    masked_payload = int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")
+    return head + key + masked_payload.to_bytes(len(payload), "big")
 
 
 class RawWebSocket:

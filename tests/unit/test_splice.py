@@ -10,10 +10,11 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from test_wsframes import frame, open_protocol
+from test_wsframes import open_protocol
 
 from broker.relay.pump import RelayEnd, TextAnswer, refuse_text
 from broker.server.splice import SplicingWebSocketProtocol
+from support.raw_ws import frame
 
 
 class VncSide:
