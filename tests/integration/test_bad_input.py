@@ -143,13 +143,6 @@ def log_since(broker: BrokerProcess, offset: int) -> str:
     return broker.log()[offset:]
 
 
-def vm_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture(scope="module")
 def tight_broker(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) -> Iterator[BrokerProcess]:
     process = start_broker(
@@ -427,12 +420,12 @@ def test_thousands_of_garbage_requests(tight_broker: BrokerProcess) -> None:
     or closed, none with a 5xx; memory does not balloon; no traceback."""
     port = port_of(tight_broker)
     offset = len(tight_broker.log())
-    rss_before = vm_rss_kib(tight_broker.process.pid)
+    rss_before = tight_broker.rss_mib()
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=200) as pool:
         answers = list(pool.map(lambda i: http_exchange(port, _garbage(i), timeout=HEADER_TIMEOUT + 3), range(3000)))
     elapsed = time.monotonic() - started
-    rss_growth_mib = (vm_rss_kib(tight_broker.process.pid) - rss_before) / 1024
+    rss_growth_mib = tight_broker.rss_mib() - rss_before
     statuses = Counter(a.status for a in answers)
     assert all((a.status is not None and 400 <= a.status < 500) or a.closed for a in answers), statuses
     assert not any(a.status and a.status >= 500 for a in answers), statuses

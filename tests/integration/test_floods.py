@@ -12,7 +12,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import libvirt
@@ -38,13 +37,6 @@ def flood_broker(tmp_path_factory: pytest.TempPathFactory) -> BrokerProcess:
     broker.stop()
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def upgrade(url: str) -> socket.socket:
     """A WebSocket from a client that will never read (receive buffer 4 KiB)."""
     return RawWebSocket(url, receive_buffer=4096).sock
@@ -68,8 +60,7 @@ def flood(sock: socket.socket, seconds: float) -> int:
 
 def flood_and_measure(broker: BrokerProcess, sock: socket.socket) -> tuple[float, list[float]]:
     """Flood from `sock` while another client polls /healthz; (RSS growth MiB, healthz latencies)."""
-    pid = broker.process.pid
-    before = rss_mib(pid)
+    before = broker.rss_mib()
     peak = before
     latencies: list[float] = []
     done = threading.Event()
@@ -86,9 +77,9 @@ def flood_and_measure(broker: BrokerProcess, sock: socket.socket) -> tuple[float
     flooder = threading.Thread(target=flood, args=(sock, FLOOD_SECONDS))
     flooder.start()
     while flooder.is_alive():
-        peak = max(peak, rss_mib(pid))
+        peak = max(peak, broker.rss_mib())
         time.sleep(0.05)
-    peak = max(peak, rss_mib(pid))
+    peak = max(peak, broker.rss_mib())
     done.set()
     poller.join()
     return peak - before, latencies
