@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 from support.processes import BrokerProcess, start_broker
-from support.raw_ws import RawWebSocket
+from support.raw_ws import RawWebSocket, frame
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ FLOOD_SECONDS = 3.0
 # refused socket added ~60 MiB in these 3 s (and ~250 MiB in 11 s), a live session more.
 RSS_BOUND_MIB = 16
 # A masked ping with a 125-byte payload: the largest pong the broker can owe for one frame.
-PING = bytes((0x89, 0x80 | 125)) + b"\0\0\0\0" + b"p" * 125
+PING = frame(0x9, b"p" * 125)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from support.processes import BrokerProcess, start_broker, zero_copied_mib
-from support.raw_ws import RawWebSocket
+from support.raw_ws import RawWebSocket, frame
 from support.stream_server import GREETING, StreamServer, command, pattern
 from support.wait import wait_until
 
@@ -275,7 +275,7 @@ def test_a_client_flooding_pings_mid_update_is_read_again_once_it_catches_up(tcp
         # A slow reader on purpose: the client reads nothing while the update fills every
         # buffer on the way, so that the pings below land behind a frame in mid-flight.
         time.sleep(0.5)
-        ping = bytes((0x89, 0x80 | 125)) + b"\0\0\0\0" + b"p" * 125
+        ping = frame(0x9, b"p" * 125)
         ws.sock.settimeout(0.5)
         with contextlib.suppress(TimeoutError):
             ws.sock.sendall(ping * 5000)  # ~640 KiB of pongs owed: past the limit
