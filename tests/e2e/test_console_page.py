@@ -15,6 +15,7 @@ from websockets.sync.client import connect
 from support.nginx import Nginx
 from support.processes import BrokerProcess, start_broker
 from support.rfb_client import handshake
+from support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -62,10 +63,13 @@ def test_link_opens_the_vm_screen_under_a_sub_path(stack, console_vm: libvirt.vi
     page.wait_for_function(
         "() => { const c = document.querySelector('#screen canvas'); return c && c.width > 0; }", timeout=15_000
     )
-    time.sleep(1.0)  # let the first full update land
-    facts = canvas_facts(page)
+
+    def drawn() -> dict | None:  # the first full update lands a moment after the canvas is sized
+        facts = canvas_facts(page)
+        return facts if facts["colours"] > 1 else None
+
+    facts = wait_until(drawn, 10, "the VM's screen on the canvas (it stays of one colour)", interval=0.1)
     assert (facts["width"], facts["height"]) in VGA_SIZES
-    assert facts["colours"] > 1, "the canvas is blank"
     page.screenshot(path=str(artifacts / "console.png"))
     assert not page.js_errors
     # The token never reached nginx's access log.
@@ -105,10 +109,10 @@ def test_reload_and_reconnect_need_no_new_link(stack, console_vm: libvirt.virDom
 def test_after_the_window_the_page_says_why(conn, console_vm: libvirt.virDomain, page, tmp_path: Path) -> None:
     broker = start_broker(tmp_path / "state", extra_env={"BROKER_SESSION_WINDOW": "3"})
     try:
-        link = broker.api("POST", f"/api/v1/domains/{console_vm.name()}/console").json()
+        link = broker.mint(console_vm.name())
         page.goto(link["console_url"])
         wait_state(page, "connected")
-        time.sleep(3.5)
+        time.sleep(3.5)  # the 3 s session window must run out; only the reload below can tell
         page.reload()
         wait_state(page, "error")
         assert "expired" in page.inner_text("#status").lower()
@@ -121,7 +125,7 @@ def test_dead_links_show_their_reason(stack, console_vm: libvirt.virDomain, page
     broker, nginx = stack
     if how == "expired":
         link = mint(nginx, broker, console_vm.name(), ttl=1)
-        time.sleep(1.3)
+        time.sleep(1.3)  # the link's 1 s lifetime must run out; only opening it can tell (and spends it)
     else:
         link = mint(nginx, broker, console_vm.name())
         assert httpx.get(link["console_url"]).status_code == 303  # someone else opened it first

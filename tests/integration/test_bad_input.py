@@ -15,11 +15,9 @@ Raw sockets are used wherever a client library would normalise the bytes away.
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import socket
-import struct
 import threading
 import time
 from collections import Counter
@@ -35,7 +33,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from support.processes import BrokerProcess, start_broker
+from support.raw_ws import RawWebSocket, frame, upgrade_head
 from support.rfb_client import ServerInit, handshake, request_update
+from support.wait import wait_until
 from support.ws import close_of
 
 pytestmark = pytest.mark.integration
@@ -51,25 +51,11 @@ ONE_PIXEL = ServerInit(width=1, height=1, name="")
 SEEN_TOKENS: list[str] = []
 
 
-# -- raw HTTP and WebSocket, written by hand ---------------------------------------------
+# -- raw HTTP, written by hand (raw WebSockets: support/raw_ws.py) ---------------------------
 
 
 def port_of(broker: BrokerProcess) -> int:
     return int(broker.url.rsplit(":", 1)[1])
-
-
-def upgrade_head(target: str, *, headers: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> bytes:
-    """A WebSocket upgrade request, header by header, so a test can leave any of them out or spoil it."""
-    fields = {
-        "Host": "127.0.0.1",
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
-        "Sec-WebSocket-Version": "13",
-        **(headers or {}),
-    }
-    lines = [f"GET {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in fields.items() if k not in drop]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 @dataclass
@@ -113,85 +99,6 @@ def http_exchange(port: int, data: bytes, timeout: float = 5.0) -> HttpAnswer:
     return HttpAnswer(status, head, closed, time.monotonic() - started)
 
 
-class RawWebSocket:
-    """A client WebSocket on a bare socket, so a test can send frames no library would."""
-
-    def __init__(self, sock: socket.socket, buffered: bytes) -> None:
-        self.sock = sock
-        self.buffer = bytearray(buffered)
-
-    @classmethod
-    def open(cls, port: int, target: str, timeout: float = 10.0) -> RawWebSocket:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        sock.sendall(upgrade_head(target))
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = sock.recv(65536)
-            assert chunk, f"closed during the upgrade: {received!r}"
-            received += chunk
-        head, rest = received.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        return cls(sock, rest)
-
-    @staticmethod
-    def frame(
-        opcode: int, payload: bytes = b"", *, fin: bool = True, masked: bool = True, length: int | None = None
-    ) -> bytes:
-        """One frame (RFC 6455 §5.2). `length` may claim a size the payload does not have."""
-        size = len(payload) if length is None else length
-        first = (0x80 if fin else 0) | opcode
-        mask_bit = 0x80 if masked else 0
-        if size < 126:
-            head = struct.pack("!BB", first, mask_bit | size)
-        elif size < 1 << 16:
-            head = struct.pack("!BBH", first, mask_bit | 126, size)
-        else:
-            head = struct.pack("!BBQ", first, mask_bit | 127, size)
-        if not masked:
-            return head + payload
-        key = os.urandom(4)
-        return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _need(self, n: int) -> None:
-        while len(self.buffer) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("closed without a close frame")
-            self.buffer += chunk
-
-    def read_frame(self) -> tuple[int, bytes]:
-        self._need(2)
-        opcode, size = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F
-        offset = 2
-        if size == 126:
-            self._need(4)
-            (size,) = struct.unpack("!H", self.buffer[2:4])
-            offset = 4
-        elif size == 127:
-            self._need(10)
-            (size,) = struct.unpack("!Q", self.buffer[2:10])
-            offset = 10
-        self._need(offset + size)  # server frames are never masked
-        payload = bytes(self.buffer[offset : offset + size])
-        del self.buffer[: offset + size]
-        return opcode, payload
-
-    def read_close(self, timeout: float = 5.0) -> tuple[int, str]:
-        """Skip data frames (the relayed RFB bytes) until the close frame: (code, reason)."""
-        self.sock.settimeout(timeout)
-        while True:
-            opcode, payload = self.read_frame()
-            if opcode == 0x8:
-                assert len(payload) >= 2, "close frame without a code"
-                return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 # -- the broker under test, and the session that must survive everything --------------------
 
 
@@ -215,27 +122,25 @@ def mint(broker: BrokerProcess, vm: libvirt.virDomain, **body: object) -> dict:
 def mint_when_free(broker: BrokerProcess, vm: libvirt.virDomain, wait: float = 5.0) -> dict:
     """Mint once a viewer slot is free: a session a client just closed leaves the
     broker's books a moment after the client saw the close."""
-    deadline = time.monotonic() + wait
-    while True:
+
+    def attempt() -> dict | None:
         response = api(broker, "POST", f"/api/v1/domains/{vm.name()}/console")
         if response.status_code == 201:
             SEEN_TOKENS.append(response.json()["token"])
             return response.json()
         assert response.status_code == 429 and response.json()["error"]["code"] == "too_many_viewers", response.text
-        assert time.monotonic() < deadline, "a viewer slot was never given back"
-        time.sleep(0.05)
+        return None
+
+    return wait_until(attempt, wait, "a viewer slot to be given back", interval=0.05)
 
 
 def log_since(broker: BrokerProcess, offset: int) -> str:
-    time.sleep(0.1)  # let the last lines of the request in question arrive
+    """The broker's log from `offset` on, once a request made after the one under test is
+    in it: whatever the broker had to say about the earlier one is in by then."""
+    marker = f"/healthz?after={secrets.token_hex(4)}"
+    assert HTTP.get(broker.url + marker).status_code == 200
+    wait_until(lambda: marker in broker.log()[offset:], 5, f"the broker to log {marker}")
     return broker.log()[offset:]
-
-
-def vm_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +286,7 @@ def test_foreign_origin_is_refused_and_the_token_kept(tight_broker: BrokerProces
         ),
         # RFC 6455 §4.1: HTTP/1.1 or later; uvicorn alone would rebuild the head as 1.1 and accept it.
         pytest.param(
-            lambda: upgrade_head("/websockify?token=x").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1),
+            lambda: upgrade_head("/websockify?token=x", version="1.0"),
             {400},
             id="http-1.0-upgrade",
         ),
@@ -428,23 +333,21 @@ def test_upgrade_heads_websockets_cannot_parse_are_answered(tight_broker: Broker
 @pytest.mark.parametrize(
     ("frames", "expected"),
     [
-        pytest.param(lambda: RawWebSocket.frame(0x2, b"RFB", masked=False), 1002, id="unmasked"),
-        pytest.param(lambda: RawWebSocket.frame(0x2, os.urandom(MAX_MESSAGE_SIZE + 1)), 1009, id="oversized"),
-        pytest.param(lambda: RawWebSocket.frame(0x2, b"", length=10_000_000)[:14], 1009, id="oversized-announced-only"),
+        pytest.param(lambda: frame(0x2, b"RFB", masked=False), 1002, id="unmasked"),
+        pytest.param(lambda: frame(0x2, os.urandom(MAX_MESSAGE_SIZE + 1)), 1009, id="oversized"),
+        pytest.param(lambda: frame(0x2, b"", length=10_000_000)[:14], 1009, id="oversized-announced-only"),
         pytest.param(
             # Payload streams through as it arrives: the first fragment is shorter than the
             # 12-byte RFB version, so QEMU waits for more instead of closing first.
-            lambda: (
-                RawWebSocket.frame(0x2, b"RFB 003", fin=False) + RawWebSocket.frame(0x0, b"b" * (MAX_MESSAGE_SIZE - 3))
-            ),
+            lambda: frame(0x2, b"RFB 003", fin=False) + frame(0x0, b"b" * (MAX_MESSAGE_SIZE - 3)),
             1009,
             id="oversized-in-fragments",
         ),
-        pytest.param(lambda: RawWebSocket.frame(0x9, b"ping", fin=False), 1002, id="fragmented-ping"),
-        pytest.param(lambda: RawWebSocket.frame(0x3, b"x"), 1002, id="reserved-opcode"),
-        pytest.param(lambda: bytes([0xC2]) + RawWebSocket.frame(0x2, b"x")[1:], 1002, id="rsv1-without-extension"),
-        pytest.param(lambda: RawWebSocket.frame(0x0, b"x"), 1002, id="continuation-without-start"),
-        pytest.param(lambda: RawWebSocket.frame(0x1, b"hello"), 4302, id="text"),
+        pytest.param(lambda: frame(0x9, b"ping", fin=False), 1002, id="fragmented-ping"),
+        pytest.param(lambda: frame(0x3, b"x"), 1002, id="reserved-opcode"),
+        pytest.param(lambda: frame(0x2, b"x", rsv=4), 1002, id="rsv1-without-extension"),
+        pytest.param(lambda: frame(0x0, b"x"), 1002, id="continuation-without-start"),
+        pytest.param(lambda: frame(0x1, b"hello"), 4302, id="text"),
     ],
 )
 def test_broken_frames_close_with_their_code(
@@ -453,7 +356,7 @@ def test_broken_frames_close_with_their_code(
     """Frame-level attacks on a live session: the session closes with the protocol's
     code (1002 protocol error, 1009 too big) or the broker's (4302 text), never hangs
     or takes down anyone else's session."""
-    ws = RawWebSocket.open(port_of(tight_broker), "/websockify?token=" + mint_when_free(tight_broker, tcp_vm)["token"])
+    ws = RawWebSocket(mint_when_free(tight_broker, tcp_vm)["websocket_url"])
     try:
         opcode, payload = ws.read_frame()  # the console is live: QEMU's ProtocolVersion arrives
         assert opcode == 0x2 and payload.startswith(b"RFB ")
@@ -469,10 +372,10 @@ def test_broken_frames_close_with_their_code(
 def test_invalid_utf8_text_closes_without_a_traceback(spare_broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:
     """Log flooding through a protocol error: 1007, one quiet log line at most."""
     offset = len(spare_broker.log())
-    ws = RawWebSocket.open(port_of(spare_broker), "/websockify?token=" + mint(spare_broker, tcp_vm)["token"])
+    ws = RawWebSocket(mint(spare_broker, tcp_vm)["websocket_url"])
     try:
         ws.read_frame()
-        ws.send(RawWebSocket.frame(0x1, b"\xff\xfe"))
+        ws.send(frame(0x1, b"\xff\xfe"))
         code, _reason = ws.read_close()
     finally:
         ws.close()
@@ -517,12 +420,12 @@ def test_thousands_of_garbage_requests(tight_broker: BrokerProcess) -> None:
     or closed, none with a 5xx; memory does not balloon; no traceback."""
     port = port_of(tight_broker)
     offset = len(tight_broker.log())
-    rss_before = vm_rss_kib(tight_broker.process.pid)
+    rss_before = tight_broker.rss_mib()
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=200) as pool:
         answers = list(pool.map(lambda i: http_exchange(port, _garbage(i), timeout=HEADER_TIMEOUT + 3), range(3000)))
     elapsed = time.monotonic() - started
-    rss_growth_mib = (vm_rss_kib(tight_broker.process.pid) - rss_before) / 1024
+    rss_growth_mib = tight_broker.rss_mib() - rss_before
     statuses = Counter(a.status for a in answers)
     assert all((a.status is not None and 400 <= a.status < 500) or a.closed for a in answers), statuses
     assert not any(a.status and a.status >= 500 for a in answers), statuses

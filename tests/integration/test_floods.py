@@ -12,14 +12,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import libvirt
 import pytest
 
 from support.processes import BrokerProcess, start_broker
-from support.raw_ws import RawWebSocket
+from support.raw_ws import RawWebSocket, frame
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +27,7 @@ FLOOD_SECONDS = 3.0
 # refused socket added ~60 MiB in these 3 s (and ~250 MiB in 11 s), a live session more.
 RSS_BOUND_MIB = 16
 # A masked ping with a 125-byte payload: the largest pong the broker can owe for one frame.
-PING = bytes((0x89, 0x80 | 125)) + b"\0\0\0\0" + b"p" * 125
+PING = frame(0x9, b"p" * 125)
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +35,6 @@ def flood_broker(tmp_path_factory: pytest.TempPathFactory) -> BrokerProcess:
     broker = start_broker(tmp_path_factory.mktemp("flood-state"))
     yield broker  # type: ignore[misc]
     broker.stop()
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def upgrade(url: str) -> socket.socket:
@@ -68,8 +60,7 @@ def flood(sock: socket.socket, seconds: float) -> int:
 
 def flood_and_measure(broker: BrokerProcess, sock: socket.socket) -> tuple[float, list[float]]:
     """Flood from `sock` while another client polls /healthz; (RSS growth MiB, healthz latencies)."""
-    pid = broker.process.pid
-    before = rss_mib(pid)
+    before = broker.rss_mib()
     peak = before
     latencies: list[float] = []
     done = threading.Event()
@@ -86,9 +77,9 @@ def flood_and_measure(broker: BrokerProcess, sock: socket.socket) -> tuple[float
     flooder = threading.Thread(target=flood, args=(sock, FLOOD_SECONDS))
     flooder.start()
     while flooder.is_alive():
-        peak = max(peak, rss_mib(pid))
+        peak = max(peak, broker.rss_mib())
         time.sleep(0.05)
-    peak = max(peak, rss_mib(pid))
+    peak = max(peak, broker.rss_mib())
     done.set()
     poller.join()
     return peak - before, latencies

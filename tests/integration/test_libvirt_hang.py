@@ -24,6 +24,7 @@ from support import vms
 from support.pausable_proxy import PausableProxy
 from support.processes import BrokerProcess, start_broker
 from support.rfb_client import handshake
+from support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +173,6 @@ def test_hung_libvirtd_is_answered_within_the_deadline_and_recovered_from(
     unused = mint(broker, name, timeout=15)
     assert unused.status_code == 201, unused.text
     hang_vm.destroy()
-    time.sleep(1.5)  # libvirt reports a destroy in ~0.25 s
+    wait_until(lambda: f"domain {hang_vm.UUIDString()} ended" in broker.log(), 10, "the VM's stop to reach the broker")
     assert open_close(unused.json()["websocket_url"])[0] == 4104
     assert "Traceback" not in broker.log()

@@ -31,8 +31,7 @@ def timed_broker(tmp_path_factory) -> Iterator[BrokerProcess]:
 
 @contextmanager
 def open_console(broker: BrokerProcess, vm: libvirt.virDomain) -> Iterator[ClientConnection]:
-    url = broker.api("POST", f"/api/v1/domains/{vm.name()}/console").json()["websocket_url"]
-    with connect(url, open_timeout=10) as ws:
+    with connect(broker.mint(vm.name())["websocket_url"], open_timeout=10) as ws:
         handshake(ws)
         yield ws
 

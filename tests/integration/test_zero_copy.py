@@ -51,8 +51,7 @@ def screen_direct(port: int) -> bytes:
 
 
 def screen_through_broker(broker: BrokerProcess, domain: str) -> bytes:
-    url = broker.api("POST", f"/api/v1/domains/{domain}/console").json()["websocket_url"]
-    with connect(url, open_timeout=10) as ws:
+    with connect(broker.mint(domain)["websocket_url"], open_timeout=10) as ws:
         return request_update(ws, handshake(ws))[1]
 
 

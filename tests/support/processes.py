@@ -44,6 +44,13 @@ class BrokerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def rss_mib(self) -> float:
+        """The broker's resident memory (VmRSS), in MiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
     def ended_sessions(self) -> list[str]:
         """The end-of-session log lines, oldest first."""
         return [line for line in self.log().splitlines() if "console session" in line and " ended: " in line]

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import pytest
 from broker.cli import main
 from broker.state import connect_cli_socket
 from support.processes import BrokerProcess, start_broker
+from support.wait import wait_until
 from unit_support import API_KEY, free_port
 
 NOBODY = 65534
@@ -211,7 +211,7 @@ def test_a_cli_socket_served_by_another_user_gets_no_key(capsys, state: Path) ->
         os.chown(scratch, NOBODY, -1)
         log = scratch / "received"
         code = (
-            "import socket, sys\n"
+            "import os, socket, sys\n"
             "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(4)\n"
             "print('ready', flush=True)\n"
             "data = b''\n"
@@ -220,7 +220,9 @@ def test_a_cli_socket_served_by_another_user_gets_no_key(capsys, state: Path) ->
             "    try:\n"
             "        data += c.recv(65536)\n"
             "    except OSError: pass\n"
-            "    open(sys.argv[2], 'wb').write(data); c.close()\n"
+            # Written whole, then renamed: the file appears only with all the listener received.
+            "    open(sys.argv[2] + '.part', 'wb').write(data); os.rename(sys.argv[2] + '.part', sys.argv[2])\n"
+            "    c.close()\n"
         )
 
         def as_nobody() -> None:
@@ -243,8 +245,10 @@ def test_a_cli_socket_served_by_another_user_gets_no_key(capsys, state: Path) ->
             status, _, err = run(capsys, "domains")
             assert status == 1
             assert f"runs as uid {NOBODY}, not uid {os.geteuid()}" in err
-            time.sleep(0.3)
-            assert not log.exists() or log.read_bytes() == b""
+            # The CLI had to connect to ask who answers: wait for the listener to have seen that
+            # connection end, rather than a fixed time, then check it got nothing.
+            wait_until(log.exists, 5, "the listener to see the CLI's connection")
+            assert log.read_bytes() == b""
         finally:
             listener.kill()
             listener.wait()

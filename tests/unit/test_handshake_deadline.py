@@ -49,11 +49,15 @@ def test_the_flag_the_deadline_reads_is_uvicorns_own() -> None:
     from uvicorn.server import ServerState
 
     from broker.server.splice import SplicingWebSocketProtocol
+    from support.wait import wait_until_async
     from unit_support import run_async
+
+    accepted = asyncio.Event()  # the app's own word, independent of the flag under test
 
     async def accept(scope: dict, receive: object, send: object) -> None:
         await receive()  # type: ignore[operator]
         await send({"type": "websocket.accept"})  # type: ignore[operator]
+        accepted.set()
         await receive()  # type: ignore[operator]  # stay open: uvicorn closes when the app returns
 
     class Socket:
@@ -88,7 +92,7 @@ def test_the_flag_the_deadline_reads_is_uvicorns_own() -> None:
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
-        await asyncio.sleep(0.2)  # the app runs and accepts
+        await wait_until_async(accepted.is_set, 5, "the app to accept")
         _close_unless_handshaken(socket)
         closed = socket.closed
         protocol.connection_lost(None)  # ends the app's second receive()

@@ -19,6 +19,7 @@ from broker.config import ConfigError, load_settings
 from broker.errors import LIBVIRT_UNAVAILABLE, BrokerError
 from broker.sources import consoles as consoles_module
 from broker.sources.consoles import LibvirtConsoles
+from support.wait import wait_until, wait_until_async
 from unit_support import TEST_URI, mute, run_async
 
 DEADLINE = 0.3
@@ -64,16 +65,13 @@ def hung() -> Iterator[Hung]:
         h.close()
 
 
-def wait_until_closed(fd: int, message: str) -> None:
-    """Wait for the broker's discard callback to close `fd` (it runs on the worker thread)."""
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            os.fstat(fd)
-        except OSError:
-            return
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
+def closed(fd: int) -> bool:
+    """Whether `fd` is closed (the broker's discard callback closes it on the worker thread)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
 
 
 async def unavailable(consoles: LibvirtConsoles, fn) -> tuple[BrokerError, float]:
@@ -130,10 +128,11 @@ def test_stuck_threads_are_bounded_and_calls_resume_when_one_returns(hung) -> No
         assert elapsed < 0.1
         assert threading.active_count() == before
         releases[0].set()  # libvirtd answers one of them: its thread exits, a new one may start
-        deadline = time.monotonic() + 5
-        while not (await consoles.healthy())[0]:
-            assert time.monotonic() < deadline, "calls never resumed after a stuck one returned"
-            await asyncio.sleep(0.05)
+
+        async def healthy() -> bool:
+            return (await consoles.healthy())[0]
+
+        await wait_until_async(healthy, 5, "calls to resume after a stuck one returned", interval=0.05)
 
     run_async(scenario())
 
@@ -158,7 +157,7 @@ def test_a_file_descriptor_returned_after_the_deadline_is_closed(hung) -> None:
         run_async(scenario())
         release.set()
         assert returned.wait(5)
-        wait_until_closed(write_end, "the late descriptor was never closed")
+        wait_until(lambda: closed(write_end), 5, "the late descriptor to be closed", interval=0.01)
     finally:
         os.close(read_end)
 
@@ -175,14 +174,16 @@ def test_a_file_descriptor_returned_after_its_caller_was_cancelled_is_closed(hun
     h = hung(timeout=5.0)
     consoles, release = h.consoles, h.release()
     read_end, write_end = os.pipe()
+    called = threading.Event()
 
     def late_fd(_conn: object) -> int:
+        called.set()
         release.wait(10)
         return write_end
 
     async def scenario() -> None:
         task = asyncio.ensure_future(consoles.run(late_fd, discard=os.close))
-        await asyncio.sleep(0.2)  # running on the worker now
+        await wait_until_async(called.is_set, 5, "the call to start on the worker")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -190,6 +191,6 @@ def test_a_file_descriptor_returned_after_its_caller_was_cancelled_is_closed(hun
     try:
         run_async(scenario())
         release.set()
-        wait_until_closed(write_end, "the descriptor of a cancelled call was never closed")
+        wait_until(lambda: closed(write_end), 5, "the descriptor of a cancelled call to be closed", interval=0.01)
     finally:
         os.close(read_end)

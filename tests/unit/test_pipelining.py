@@ -12,8 +12,6 @@ follows a `101` byte for byte.
 
 from __future__ import annotations
 
-import base64
-import os
 import socket
 import struct
 import time
@@ -31,6 +29,7 @@ from broker.server.httpguard import (
     head_refusal,
 )
 from support.processes import BrokerProcess, start_broker
+from support.raw_ws import frame, upgrade_head
 from support.stream_server import GREETING, StreamServer, command
 
 HEADER_TIMEOUT = 1.0
@@ -106,9 +105,7 @@ class Conn:
         return first & 0x0F, self._take(length)
 
     def send_binary(self, payload: bytes) -> None:
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.send(bytes([0x82, 0x80 | len(payload)]) + mask + masked)
+        self.send(frame(0x2, payload))
 
     def answered_or_closed_within(self, seconds: float) -> bool:
         self.sock.settimeout(seconds)
@@ -140,14 +137,6 @@ def conn(broker: BrokerProcess) -> Iterator[Conn]:
     connection.close()
 
 
-def upgrade_head(target: str, version: str = "1.1") -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET {target} HTTP/{version}\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
 def console_target(broker: BrokerProcess) -> str:
     response = broker.api("POST", "/api/v1/domains/stream/console")
     assert response.status_code == 201, response.text
@@ -163,11 +152,11 @@ def mint_head(broker: BrokerProcess, body_length: int) -> bytes:
 
 def test_an_upgrade_pipelined_behind_a_request_outlives_the_header_timeout(broker: BrokerProcess, conn: Conn) -> None:
     """The WebSocket keeps relaying past header_timeout, and no HTTP ever appears in it."""
-    conn.send(HEALTHZ + upgrade_head(console_target(broker)))
+    conn.send(HEALTHZ + upgrade_head(console_target(broker), host="h"))
     assert conn.answer()[0] == 200
     assert conn.answer()[0] == 101
     assert conn.frame() == (0x2, GREETING)
-    time.sleep(HEADER_TIMEOUT + 0.5)
+    time.sleep(HEADER_TIMEOUT + 0.5)  # on purpose: the deadline must pass with the session open
     conn.send_binary(command(b"E", 5) + b"hello")
     assert conn.frame() == (0x2, b"hello"), "the console still relays"
     assert b"HTTP/" not in conn.buffer + conn.quiet_for(0.2)
@@ -179,7 +168,7 @@ def test_a_slow_pipelined_request_gets_its_own_answer(broker: BrokerProcess, con
     body = b"{}"
     conn.send(HEALTHZ + mint_head(broker, len(body)) + body[:1])
     assert conn.answer()[0] == 200
-    time.sleep(HEADER_TIMEOUT + 0.5)
+    time.sleep(HEADER_TIMEOUT + 0.5)  # on purpose: the body is late past the deadline
     conn.send(body[1:])
     status, _headers, answer = conn.answer()
     assert status == 201, answer
@@ -272,7 +261,7 @@ def test_http_1_0_websocket_upgrades_are_refused(broker: BrokerProcess, conn: Co
     """RFC 6455 §4.1 asks for HTTP/1.1: a clear 400 (often a proxy without
     `proxy_http_version 1.1`), one log line, no traceback, and the token is not spent."""
     target = console_target(broker)
-    conn.send(upgrade_head(target, version="1.0"))
+    conn.send(upgrade_head(target, host="h", version="1.0"))
     status, headers, body = conn.answer()
     assert status == 400 and headers["connection"] == "close"
     assert b"HTTP/1.1" in body
@@ -280,7 +269,7 @@ def test_http_1_0_websocket_upgrades_are_refused(broker: BrokerProcess, conn: Co
     assert "HTTP/1.0" in log and "Traceback" not in log
     again = Conn(broker)
     try:
-        again.send(upgrade_head(target))
+        again.send(upgrade_head(target, host="h"))
         assert again.answer()[0] == 101
         assert again.frame() == (0x2, GREETING)
     finally:
@@ -314,7 +303,7 @@ def test_a_pipelined_upgrade_that_never_completes_its_handshake_is_closed_withou
     """An upgrade with a body, which websockets refuses to parse and uvicorn never answers:
     pipelined, its head was in at once, so the handshake gets a deadline of its own, which
     closes the connection and writes nothing."""
-    upgrade = upgrade_head(console_target(broker)).replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\nhello")
+    upgrade = upgrade_head(console_target(broker), host="h").replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\nhello")
     conn.send(HEALTHZ + upgrade)
     assert conn.answer()[0] == 200
     started = time.monotonic()

@@ -9,6 +9,7 @@ from typing import Any
 
 from broker.relay.backend import Sink
 from broker.relay.pump import RelayEnd, TextAnswer, relay
+from support.wait import wait_until_async
 from unit_support import run_async
 
 
@@ -97,9 +98,14 @@ def test_a_kind_rule_answers_text_and_the_session_goes_on() -> None:
         websocket = ScriptedWebSocket(binary(b"one"), text("ping"), text("resize"), binary(b"two"))
         stop = asyncio.get_running_loop().create_future()
         relaying = asyncio.ensure_future(relay(websocket, backend, on_text=rule, stop=stop))  # type: ignore[arg-type]
-        while websocket.incoming.qsize():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.01)
+
+        # "two" is the browser's last message: once it is written, the relay has been through
+        # them all; and the console's output has come the other way.
+        def both_ways() -> bool:
+            console_output = {"type": "websocket.send", "bytes": b"console says hi"}
+            return backend.written.endswith(b"two") and console_output in websocket.sent
+
+        await wait_until_async(both_ways, 5, "the relay to pass every message both ways")
         stop.set_result(None)
         return await relaying, backend, websocket
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from concurrent.futures import ThreadPoolExecutor
 
-from test_wsframes import frame, open_protocol
+from test_wsframes import open_protocol
 
 from broker.relay.pump import RelayEnd, TextAnswer, refuse_text
 from broker.server.splice import SplicingWebSocketProtocol
+from support.raw_ws import frame
+from unit_support import run_async
 
 
 class VncSide:
@@ -144,9 +145,7 @@ def test_what_the_vnc_server_said_before_closing_reaches_the_browser_first() -> 
         end = await protocol.splice(backend, stop=asyncio.get_running_loop().create_future())
         return end, protocol.transport.written  # type: ignore[attr-defined]
 
-    # In a thread of its own: earlier tests (Playwright's sync API) leave a loop running in this one.
-    with ThreadPoolExecutor(1) as pool:
-        end, written = pool.submit(asyncio.run, scenario()).result(timeout=10)
+    end, written = run_async(scenario())
     assert end is RelayEnd.BACKEND_CLOSED
     assert written == bytes((0x82, 12)) + b"RFB 003.008\n"
 
@@ -169,8 +168,7 @@ def test_nothing_after_a_session_ending_frame_reaches_the_vnc_server() -> None:
         )
         return await relaying, vnc.written
 
-    with ThreadPoolExecutor(1) as pool:
-        end, written = pool.submit(asyncio.run, scenario()).result(timeout=10)
+    end, written = run_async(scenario())
     assert end is RelayEnd.CLIENT_SENT_TEXT
     assert written == b"before"
 
@@ -202,8 +200,7 @@ def test_text_frames_follow_the_kind_rule_given_to_the_splice() -> None:
         assert await relaying is RelayEnd.STOPPED
         return console.written, protocol.transport.written, seen  # type: ignore[attr-defined]
 
-    with ThreadPoolExecutor(1) as pool:
-        to_console, to_browser, texts = pool.submit(asyncio.run, scenario()).result(timeout=10)
+    to_console, to_browser, texts = run_async(scenario())
     assert texts == ["queued", "ping"]
     assert to_console == b"onetwo"
     assert to_browser == (bytes((0x81, 4)) + b"pong") * 2

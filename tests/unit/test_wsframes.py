@@ -13,6 +13,7 @@ from websockets.server import ServerProtocol
 
 from broker.relay.wsframes import ClientFrameReader, server_frame_header
 from broker.server.splice import parser_between_frames
+from support.raw_ws import frame
 
 HANDSHAKE = (
     b"GET /websockify HTTP/1.1\r\nHost: broker\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -27,31 +28,6 @@ def open_protocol(max_size: int) -> ServerProtocol:
     conn.send_response(conn.accept(conn.events_received()[0]))
     conn.data_to_send()
     return conn
-
-
-def frame(
-    opcode: int,
-    payload: bytes,
-    *,
-    fin: bool = True,
-    masked: bool = True,
-    rsv: int = 0,
-    key: bytes = b"\x01\x02\x03\x04",
-) -> bytes:
-    size = len(payload)
-    first = (0x80 if fin else 0) | rsv << 4 | opcode
-    bit = 0x80 if masked else 0
-    if size < 126:
-        head = struct.pack("!BB", first, bit | size)
-    elif size < 65536:
-        head = struct.pack("!BBH", first, bit | 126, size)
-    else:
-        head = struct.pack("!BBQ", first, bit | 127, size)
-    if not masked:
-        return head + payload
-    keystream = (key * (size // 4 + 1))[:size]  # masked independently of the code under test
-    masked_payload = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(size, "big")
-    return head + key + masked_payload
 
 
 class Outcome:

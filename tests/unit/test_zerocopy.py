@@ -8,10 +8,8 @@ broker sends keepalive pings every 20 ms, so uvicorn's own writes fall between t
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +23,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
 from support.processes import BrokerProcess, start_broker, zero_copied_mib
-from support.raw_ws import RawWebSocket
+from support.raw_ws import RawWebSocket, frame
 from support.stream_server import GREETING, StreamServer, command, pattern
+from support.wait import wait_until
 
 MiB = 1024 * 1024
 
@@ -204,25 +203,14 @@ def test_a_browser_that_stops_reading_mid_update_is_dropped_with_everything_it_h
     pid = broker.process.pid
     idle_descriptors = open_descriptors(pid)
     before = len(broker.ended_sessions())
-    url = broker.api("POST", "/api/v1/domains/stream-tcp/console").json()["websocket_url"]
-    host, _, rest = url.removeprefix("ws://").partition("/")
-    stalled = socket.create_connection((host.split(":")[0], int(host.split(":")[1])))
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
-    key = base64.b64encode(os.urandom(16)).decode()
-    stalled.sendall(
-        f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    assert b" 101 " in stalled.recv(4096).split(b"\r\n")[0]
-    masked_command = bytes([0x82, 0x80 | 5]) + b"\0\0\0\0" + command(b"D", 64 * MiB)  # mask of zeros
-    stalled.sendall(masked_command)
+    stalled = RawWebSocket(broker.mint("stream-tcp")["websocket_url"], receive_buffer=4096)  # fills at once
+    stalled.send_binary(command(b"D", 64 * MiB))
     try:
         line = broker.ended_session(before, timeout=15)  # and then never read again
         assert "the client stopped answering pings" in line, line
-        deadline = time.monotonic() + 5
-        while open_descriptors(pid) > idle_descriptors:
-            assert time.monotonic() < deadline, f"{open_descriptors(pid)} descriptors open, {idle_descriptors} before"
-            time.sleep(0.05)
+        wait_until(
+            lambda: open_descriptors(pid) <= idle_descriptors, 5, f"the broker back to {idle_descriptors} descriptors"
+        )
     finally:
         stalled.close()
 
@@ -280,14 +268,14 @@ def test_a_client_flooding_pings_mid_update_is_read_again_once_it_catches_up(tcp
     """Pings pile up pongs behind a frame the kernel is moving; past the backlog limit the
     client is not read. Once it reads everything, it must be read again (the held pongs
     reach the socket in one go, with no resume_writing to say so)."""
-    headers = {"Authorization": f"Bearer {tcp_broker.api_key}"}
-    url = httpx.post(f"{tcp_broker.url}/api/v1/domains/stream-tcp/console", headers=headers).json()["websocket_url"]
-    ws = RawWebSocket(url, receive_buffer=4096)
+    ws = RawWebSocket(tcp_broker.mint("stream-tcp")["websocket_url"], receive_buffer=4096)
     try:
         assert ws.read_payload(len(GREETING)) == GREETING
         ws.send_binary(command(b"D", 8 * MiB))
-        time.sleep(0.5)  # the update streams; the client reads nothing
-        ping = bytes((0x89, 0x80 | 125)) + b"\0\0\0\0" + b"p" * 125
+        # A slow reader on purpose: the client reads nothing while the update fills every
+        # buffer on the way, so that the pings below land behind a frame in mid-flight.
+        time.sleep(0.5)
+        ping = frame(0x9, b"p" * 125)
         ws.sock.settimeout(0.5)
         with contextlib.suppress(TimeoutError):
             ws.sock.sendall(ping * 5000)  # ~640 KiB of pongs owed: past the limit
