@@ -195,13 +195,6 @@ def test_a_domain_without_a_serial_console_says_what_to_add(serial_broker: Broke
     assert "<serial type='pty'><log file=" in response.json()["error"]["message"]
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_a_flooding_guest_and_a_browser_that_stops_reading_keep_memory_bounded(
     serial_broker: BrokerProcess, serial_vm
 ) -> None:
@@ -213,14 +206,13 @@ def test_a_flooding_guest_and_a_browser_that_stops_reading_keep_memory_bounded(
     dom, log_path = serial_vm
     link = serial_link(serial_broker, dom.name())
     client = RawWebSocket(link["websocket_url"], receive_buffer=4096)
-    pid = serial_broker.process.pid
-    before, logged_before = rss_mib(pid), log_path.stat().st_size
+    before, logged_before = serial_broker.rss_mib(), log_path.stat().st_size
     line = b"flood-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-ABCDEFGHIJKLMNOPQRSTUVWX"
     client.send_binary(b"yes '" + line + b"' | head -n %d; echo flood-''done\r" % FLOOD_LINES)
     peak, started = before, time.monotonic()
     while b"flood-done" not in log_path.read_bytes()[-200:]:
         assert time.monotonic() - started < 90, "the guest printed too slowly"
-        peak = max(peak, rss_mib(pid))
+        peak = max(peak, serial_broker.rss_mib())
         time.sleep(0.2)
     flooded = (log_path.stat().st_size - logged_before) / 2**20
     seconds = time.monotonic() - started
