@@ -198,3 +198,33 @@ def test_keystrokes_reach_the_guest(stack, tiny_vm, page, artifacts: Path) -> No
         assert time.monotonic() < deadline, f"typed line not in the serial log:\n{serial.read_text()[-500:]}"
         time.sleep(0.2)
     page.screenshot(path=str(artifacts / "console-typed.png"))
+
+
+def test_a_view_only_page_shows_the_screen_and_typing_changes_nothing(stack, tiny_vm, page, artifacts: Path) -> None:
+    broker, nginx = stack
+    dom, serial = tiny_vm
+    deadline = time.monotonic() + 90
+    while "TINY-GUEST-READY" not in (serial.read_text(errors="replace") if serial.exists() else ""):
+        assert time.monotonic() < deadline, "the tiny guest did not boot in 90 s"
+        time.sleep(0.5)
+    page.goto(mint(nginx, broker, dom.name(), mode="view-only")["console_url"])
+    wait_state(page, "connected")
+    assert page.is_visible("#view-only-badge")
+    assert page.get_attribute("body", "data-mode") == "view-only"
+    assert page.is_disabled("#ctrl-alt-del") and page.is_disabled("#clipboard-send")
+    facts = canvas_facts(page)
+    assert (facts["width"], facts["height"]) in VGA_SIZES
+    page.click("#screen canvas")
+    page.keyboard.type("view only typed", delay=30)
+    page.keyboard.press("Enter")
+    # The interactive control on the same guest: a line typed through a normal link arrives.
+    with connect(mint(nginx, broker, dom.name())["websocket_url"]) as ws:
+        handshake(ws)
+        for keysym in [*b"control typed", 0xFF0D]:
+            ws.send(bytes([4, 1, 0, 0]) + keysym.to_bytes(4, "big") + bytes([4, 0, 0, 0]) + keysym.to_bytes(4, "big"))
+        deadline = time.monotonic() + 20
+        while "GOT: control typed" not in serial.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "the control line never arrived"
+            time.sleep(0.2)
+    assert "view only typed" not in serial.read_text(errors="replace")
+    page.screenshot(path=str(artifacts / "console-view-only.png"))

@@ -23,6 +23,7 @@ const ui = {
     clipboardText: $('clipboard-text'),
     clipboardSend: $('clipboard-send'),
     clipboardNote: $('clipboard-note'),
+    viewOnlyBadge: $('view-only-badge'),
 };
 
 // What the broker's WebSocket close codes mean (broker/errors.py). The broker sends
@@ -77,12 +78,15 @@ const SHIFTED = /[A-Z~!@#$%^&*()_+{}|:"<>?]/;
 let rfb = null;      // the current RFB object; a new one for every connection
 let socket = null;   // the WebSocket given to it
 let failure = '';    // why noVNC itself gave up (it closes the socket with no reason)
+// The link's mode, from the broker: view-only links show the screen only. The broker
+// drops their input itself; the page just does not offer what would be dropped.
+let viewOnly = false;
 
 function setState(state, message) {
     document.body.dataset.state = state;
     ui.status.textContent = message;
     const live = state === 'connected';
-    document.querySelectorAll('.needs-connection').forEach((el) => { el.disabled = !live; });
+    document.querySelectorAll('.needs-connection').forEach((el) => { el.disabled = !live || viewOnly; });
     ui.reconnect.disabled = state === 'connecting' || state === 'connected';
 }
 
@@ -104,6 +108,10 @@ async function start() {
         setState('error', message || `The console session could not be opened (HTTP ${response.status}).`);
         return;
     }
+    viewOnly = body.mode === 'view-only';
+    document.body.dataset.mode = body.mode || 'interactive';
+    ui.viewOnlyBadge.hidden = !viewOnly;
+    ui.clipboardText.disabled = viewOnly;
     ui.name.textContent = body.domain.name;
     ui.name.title = `UUID ${body.domain.uuid}; session valid until ${new Date(body.expires_at).toLocaleString()}`;
     // First-strong isolate: a name holding bidi overrides cannot reorder the rest of the title.
@@ -128,9 +136,10 @@ function connect() {
     socket = ws;
 
     rfb = new RFB(ui.screen, ws, { shared: true });
+    rfb.viewOnly = viewOnly;
     rfb.addEventListener('disconnect', () => { ended = true; });
     rfb.addEventListener('connect', () => {
-        setState('connected', 'Connected');
+        setState('connected', viewOnly ? 'Connected (view only)' : 'Connected');
         rfb.focus();
     });
     rfb.addEventListener('securityfailure', (event) => {
