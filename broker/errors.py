@@ -41,6 +41,7 @@ LIBVIRT_ERROR = Failure("libvirt_error", 4205, 502, "libvirt refused the request
 VM_STOPPED = Failure("vm_stopped", 4300, 410, "The virtual machine stopped.")
 CONSOLE_CLOSED = Failure("console_closed", 4301, 502, "The VNC server closed the connection.")
 UNSUPPORTED_DATA = Failure("unsupported_data", 4302, 400, "Only binary WebSocket messages are relayed.")
+SESSION_KILLED = Failure("session_killed", 4303, 410, "An administrator ended this console session.")
 
 TOO_MANY_SESSIONS = Failure(
     "too_many_sessions", 4400, 429, "The broker serves as many consoles as it may; try again later."
@@ -55,6 +56,7 @@ SHUTTING_DOWN = Failure("shutting_down", 1001, 503, "The console broker is shutt
 UNAUTHORIZED = Failure("unauthorized", 0, 401, "A valid API key is required (Authorization: Bearer <key>).")
 INVALID_INPUT = Failure("invalid_input", 0, 422, "The request is not valid.")
 RATE_LIMITED = Failure("rate_limited", 0, 429, "Too many console links were asked for with this API key; slow down.")
+SESSION_NOT_FOUND = Failure("session_not_found", 0, 404, "No live console session has that id (it may have ended).")
 
 ALL_FAILURES = [value for value in dict(globals()).values() if isinstance(value, Failure)]
 

@@ -15,10 +15,10 @@ PUBLISHED = {
     "token_revoked": 4104, "session_ended": 4105, "origin_refused": 4106,
     "domain_not_found": 4200, "domain_not_running": 4201, "no_console": 4202, "console_unreachable": 4203,
     "libvirt_unavailable": 4204, "libvirt_error": 4205, "vnc_auth_failed": 4206, "vnc_handshake_failed": 4207,
-    "vm_stopped": 4300, "console_closed": 4301, "unsupported_data": 4302,
+    "vm_stopped": 4300, "console_closed": 4301, "unsupported_data": 4302, "session_killed": 4303,
     "too_many_sessions": 4400, "too_many_viewers": 4401, "busy": 4402, "idle_timeout": 4403,
     "session_time_limit": 4404, "shutting_down": 1001,
-    "unauthorized": 0, "invalid_input": 0, "rate_limited": 0,
+    "unauthorized": 0, "invalid_input": 0, "rate_limited": 0, "session_not_found": 0,
 }  # fmt: skip
 
 
@@ -46,7 +46,12 @@ def test_websocket_close_codes_are_distinct_and_application_range() -> None:
 
 
 def test_rest_only_failures_have_no_close_code() -> None:
-    assert {f.slug for f in ALL_FAILURES if not f.close_code} == {"unauthorized", "invalid_input", "rate_limited"}
+    assert {f.slug for f in ALL_FAILURES if not f.close_code} == {
+        "unauthorized",
+        "invalid_input",
+        "rate_limited",
+        "session_not_found",
+    }
 
 
 def test_http_statuses_are_errors() -> None:
