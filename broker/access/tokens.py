@@ -35,6 +35,9 @@ class Grant:
     expires_at: float
     used: bool = False
     revoked: bool = False
+    # The label of the API key that minted the link ("cli" over the CLI socket): shown
+    # with the sessions it opens, never the key itself.
+    minted_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,12 +125,12 @@ class Tokens:
         self.clock = clock
         self._last_purge = clock()
 
-    def mint(self, console: ConsoleRef, name: str, ttl: float | None = None) -> MintedToken:
+    def mint(self, console: ConsoleRef, name: str, ttl: float | None = None, *, minted_by: str = "") -> MintedToken:
         ttl = self.check_ttl(ttl)
         now = self.clock()
         self._purge(now)
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        grant = Grant(console=console, name=name, expires_at=now + ttl)
+        grant = Grant(console=console, name=name, expires_at=now + ttl, minted_by=minted_by)
         self.store.add(digest_of(token), grant)
         return MintedToken(token, grant)
 
