@@ -63,6 +63,17 @@ class Settings:
         return SessionLimits(**{f.name: getattr(self, f.name) for f in fields(SessionLimits)})
 
     static_consoles: Mapping[str, str] = field(default_factory=dict)
+    # Operating it (README): the audit trail, and where Prometheus may scrape without a key.
+    audit_log: str | None = None
+    metrics_listen: str | None = None
+    metrics_domain_label: bool = False
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        if not self.metrics_listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -150,6 +161,9 @@ def _validate(raw: dict[str, Any]) -> Settings:
             max_session_length=_non_negative("max_session_length", raw.get("max_session_length", s.max_session_length)),
             mint_rate=_positive("mint_rate", raw.get("mint_rate", s.mint_rate)),
             mint_burst=_count("mint_burst", raw.get("mint_burst", s.mint_burst)),
+            audit_log=str(raw["audit_log"]) if raw.get("audit_log") else None,
+            metrics_listen=str(raw["metrics_listen"]) if raw.get("metrics_listen") else None,
+            metrics_domain_label=_bool("metrics_domain_label", raw.get("metrics_domain_label", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -160,6 +174,13 @@ def _validate(raw: dict[str, Any]) -> Settings:
             host, port = "", 0
         if not host or not 0 < port < 65536:
             raise ConfigError(f"listen must be HOST:PORT with a port from 1 to 65535, got {s.listen!r}")
+    if s.metrics_listen:
+        try:
+            mhost, mport = s.metrics_host_port or ("", 0)
+        except ValueError:
+            mhost, mport = "", 0
+        if not mhost or not 0 < mport < 65536:
+            raise ConfigError(f"metrics_listen must be HOST:PORT with a port from 1 to 65535, got {s.metrics_listen!r}")
     if s.token_ttl < MIN_TTL:
         raise ConfigError(f"token_ttl must be at least {MIN_TTL:g} s, got {s.token_ttl:g}")
     if s.token_ttl > s.token_max_ttl:
@@ -203,6 +224,18 @@ def _count(name: str, value: Any) -> int:
     if number != int(number):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return int(number)
+
+
+def _bool(name: str, value: Any) -> bool:
+    """true/false from TOML, or from the environment: 1/0, true/false, yes/no, on/off."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _mode(value: Any) -> int:
