@@ -17,6 +17,7 @@ from .metrics import Metrics
 CLIENT_CLOSED = "client_closed"
 CLIENT_UNRESPONSIVE = "client_unresponsive"
 CLIENT_LEFT = "client_left"  # during the VNC login, before the relay began
+INTERRUPTED = "interrupted"  # the session's task was cancelled, or failed unexpectedly
 
 
 class Observer:

@@ -71,7 +71,7 @@ class Metrics:
         )
         self.sessions_ended = Counter(
             "broker_sessions_ended",
-            "Console sessions ended, by reason (a close code's slug, client_closed or client_unresponsive).",
+            "Console sessions ended, by reason (a close code's slug, client_closed, client_unresponsive, interrupted).",
             ["reason"],
             registry=registry,
         )

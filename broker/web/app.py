@@ -49,7 +49,7 @@ from ..kinds.vncauth import ClientLeft, authenticate
 from ..live import LiveSession, LiveSessions
 from ..model import ConsoleRef, DomainInfo, Stream
 from ..observe.audit import AuditLog
-from ..observe.events import CLIENT_CLOSED, CLIENT_LEFT, CLIENT_UNRESPONSIVE, Observer
+from ..observe.events import CLIENT_CLOSED, CLIENT_LEFT, CLIENT_UNRESPONSIVE, INTERRUPTED, Observer
 from . import ops
 
 log = logging.getLogger("broker.app")
@@ -381,6 +381,9 @@ class Broker:
             log.info("console session for %s from %s: the client left during the VNC handshake", domain.name, client)
             self.observe.session_over(session, CLIENT_LEFT)
             return
+        except BaseException:  # cancelled (a shutdown past its grace period), or a bug: still on record
+            self.observe.session_over(session, INTERRUPTED)
+            raise
         finally:
             # Whatever ended it (also a cancellation): the VNC connection QEMU counts goes too.
             stream.backend.close()
