@@ -169,9 +169,9 @@ def serve(settings: Settings) -> None:
         audit = AuditLog(settings.audit_log)
     except AuditError as exc:
         raise SystemExit(f"broker: {exc}") from None
+    metrics = bind_metrics_socket(settings)  # first: a taken port leaves no socket file behind
     sock, where = bind_socket(settings)
     uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
-    metrics = bind_metrics_socket(settings)
     broker = Broker(
         consoles,
         tokens,
