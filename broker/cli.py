@@ -75,6 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     domains = commands.add_parser("domains", help="list domains and their consoles")
     _client_options(domains)
     domains.set_defaults(run=_domains)
+
+    sessions = commands.add_parser("sessions", help="list the live console sessions, newest first")
+    sessions.add_argument("domain", metavar="DOMAIN", nargs="?", help="only this domain's (name or UUID)")
+    _client_options(sessions)
+    sessions.set_defaults(run=_sessions)
+
+    kill = commands.add_parser("kill", help="end a live console session (its browser is told why)")
+    kill.add_argument("session", metavar="SESSION_ID", help="an id from `broker sessions`")
+    _client_options(kill)
+    kill.set_defaults(run=_kill)
     return parser
 
 
@@ -167,12 +177,87 @@ def _serial_column(consoles: list[dict[str, Any]]) -> str:
     return ", ".join(shown) or "-"
 
 
+def _sessions(args: argparse.Namespace) -> int:
+    path = "/api/v1/sessions"
+    if args.domain is not None:
+        path += f"?domain={quote(args.domain, safe='')}"
+    result = _call(args, "GET", path)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows: list[tuple[str, ...]] = [("ID", "DOMAIN", "KIND", "CLIENT", "KEY", "SINCE", "TO BROWSER", "FROM IT")]
+    with _answer_shape():
+        for session in result["sessions"]:
+            fields = (
+                session["id"],
+                session["domain"]["name"],
+                session["kind"],
+                session["client"],
+                session["key"],
+                _since(str(session["started_at"])),
+                _size(int(session["bytes_to_browser"])),
+                _size(int(session["bytes_from_browser"])),
+            )
+            rows.append(tuple(terminal_safe(str(value)) for value in fields))
+    if len(rows) == 1:
+        print("no live console sessions" + (f" for {terminal_safe(args.domain)}" if args.domain else ""))
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _kill(args: argparse.Namespace) -> int:
+    result = _call(args, "DELETE", f"/api/v1/sessions/{quote(args.session, safe='')}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    with _answer_shape():
+        session = result["session"]
+        fields = (session["id"], session["domain"]["name"], session["client"])
+        session_id, name, client = (terminal_safe(str(value)) for value in fields)
+    print(f"ended console session {session_id} on {name} from {client}")
+    return 0
+
+
+def _since(started_at: str) -> str:
+    """`12:03:44 (5m ago)`, in the local time zone; the raw value if it is not a timestamp."""
+    from datetime import datetime
+
+    try:
+        started = datetime.fromisoformat(started_at)
+    except ValueError:
+        return started_at
+    seconds = max(0, int((datetime.now(started.tzinfo) - started).total_seconds()))
+    if seconds < 60:
+        ago = f"{seconds}s"
+    elif seconds < 3600:
+        ago = f"{seconds // 60}m"
+    elif seconds < 86400:
+        ago = f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    else:
+        ago = f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    return f"{started.astimezone().strftime('%H:%M:%S')} ({ago} ago)"
+
+
+def _size(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    value, unit = count / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
 @contextlib.contextmanager
 def _answer_shape() -> Iterator[None]:
     """An answer that is JSON but not what a broker sends is one line, not a traceback."""
     try:
         yield
-    except (KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError, ValueError):
         raise CliError("the broker's answer was not understood (is that a broker?)") from None
 
 

@@ -67,6 +67,17 @@ class Settings:
         return SessionLimits(**{f.name: getattr(self, f.name) for f in fields(SessionLimits)})
 
     static_consoles: Mapping[str, str] = field(default_factory=dict)
+    # Operating it (README): the audit trail, and where Prometheus may scrape without a key.
+    audit_log: str | None = None
+    metrics_listen: str | None = None
+    metrics_domain_label: bool = False
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        if not self.metrics_listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -156,6 +167,9 @@ def _validate(raw: dict[str, Any]) -> Settings:
             mint_burst=_count("mint_burst", raw.get("mint_burst", s.mint_burst)),
             serial_take_over=_bool("serial_take_over", raw.get("serial_take_over", s.serial_take_over)),
             serial_history=_bytes("serial_history", raw.get("serial_history", s.serial_history)),
+            audit_log=str(raw["audit_log"]) if raw.get("audit_log") else None,
+            metrics_listen=str(raw["metrics_listen"]) if raw.get("metrics_listen") else None,
+            metrics_domain_label=_bool("metrics_domain_label", raw.get("metrics_domain_label", False)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -166,6 +180,13 @@ def _validate(raw: dict[str, Any]) -> Settings:
             host, port = "", 0
         if not host or not 0 < port < 65536:
             raise ConfigError(f"listen must be HOST:PORT with a port from 1 to 65535, got {s.listen!r}")
+    if s.metrics_listen:
+        try:
+            mhost, mport = s.metrics_host_port or ("", 0)
+        except ValueError:
+            mhost, mport = "", 0
+        if not mhost or not 0 < mport < 65536:
+            raise ConfigError(f"metrics_listen must be HOST:PORT with a port from 1 to 65535, got {s.metrics_listen!r}")
     if s.token_ttl < MIN_TTL:
         raise ConfigError(f"token_ttl must be at least {MIN_TTL:g} s, got {s.token_ttl:g}")
     if s.token_ttl > s.token_max_ttl:

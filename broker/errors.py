@@ -47,6 +47,7 @@ CONSOLE_CLOSED = Failure("console_closed", 4301, 502, "The VNC server closed the
 UNSUPPORTED_DATA = Failure("unsupported_data", 4302, 400, "Only binary WebSocket messages are relayed.")
 TAKEN_OVER = Failure("taken_over", 4303, 409, "Another session took over this console.")
 EXCLUSIVE_TAKEN = Failure("exclusive_taken", 4304, 409, "Another user took exclusive control of this console.")
+SESSION_KILLED = Failure("session_killed", 4305, 410, "An administrator ended this console session.")
 
 TOO_MANY_SESSIONS = Failure(
     "too_many_sessions", 4400, 429, "The broker serves as many consoles as it may; try again later."
@@ -61,6 +62,7 @@ SHUTTING_DOWN = Failure("shutting_down", 1001, 503, "The console broker is shutt
 UNAUTHORIZED = Failure("unauthorized", 0, 401, "A valid API key is required (Authorization: Bearer <key>).")
 INVALID_INPUT = Failure("invalid_input", 0, 422, "The request is not valid.")
 RATE_LIMITED = Failure("rate_limited", 0, 429, "Too many console links were asked for with this API key; slow down.")
+SESSION_NOT_FOUND = Failure("session_not_found", 0, 404, "No live console session has that id (it may have ended).")
 
 ALL_FAILURES = [value for value in dict(globals()).values() if isinstance(value, Failure)]
 

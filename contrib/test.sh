@@ -26,6 +26,10 @@ log() { printf '[test] %s\n' "$*"; }
 extra="${BROKER_SETUP_EXTRA_APT:-}"
 [ -x /usr/bin/chromium ] || extra+=" chromium"
 command -v nginx >/dev/null || extra+=" nginx-light"
+# The operations tests scrape a test broker with a real Prometheus (loading contrib's alert
+# rules) and rotate its audit trail with logrotate and contrib's file.
+command -v prometheus >/dev/null || extra+=" prometheus"
+command -v logrotate >/dev/null || extra+=" logrotate"
 BROKER_SETUP_EXTRA_APT="$extra" bash contrib/setup.sh
 bash contrib/libvirt-up.sh up
 

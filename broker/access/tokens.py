@@ -41,6 +41,9 @@ class Grant:
     mode: LinkMode = LinkMode.INTERACTIVE
     user: str = ""  # the panel's label for the person the link is for; shown, never trusted
     max_session_length: float = 0.0  # this link's own cap, seconds (0: the broker's)
+    # The label of the API key that minted the link ("cli" over the CLI socket): shown
+    # with the sessions it opens, never the key itself.
+    minted_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Tokens:
         mode: LinkMode = LinkMode.INTERACTIVE,
         user: str = "",
         max_session_length: float = 0.0,
+        minted_by: str = "",
     ) -> MintedToken:
         ttl = self.check_ttl(ttl)
         now = self.clock()
@@ -153,6 +157,7 @@ class Tokens:
             mode=mode,
             user=user,
             max_session_length=max_session_length,
+            minted_by=minted_by,
         )
         self.store.add(digest_of(token), grant)
         return MintedToken(token, grant)

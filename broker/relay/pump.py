@@ -26,20 +26,34 @@ READ_SIZE = 64 * 1024
 
 
 class Traffic:
-    """What one session moved, for its end-of-session log line."""
+    """What one session moved so far: for its end-of-session log line, and read live by
+    the sessions API and the metrics (broker/live.py)."""
 
-    __slots__ = ("down", "up", "zero_copy")
+    __slots__ = ("down", "up", "zero_copy", "last_input", "kernel")
 
     def __init__(self) -> None:
         self.down = 0  # bytes console -> browser
         self.up = 0  # bytes browser -> console
         self.zero_copy = 0  # of `down`, bytes the kernel moved without a copy (zerocopy.py)
+        self.last_input = 0.0  # the loop's time of the browser's last message; 0: none yet
+        # A large update the kernel is moving now (zerocopy.py): its bytes join `down` when
+        # it is over; until then down_now() adds them.
+        self.kernel: Sending | None = None
+
+    def down_now(self) -> int:
+        """Bytes to the browser so far, an update in the kernel's hands included."""
+        kernel = self.kernel
+        return self.down + (kernel.sent if kernel is not None else 0)
 
     def summary(self) -> str:
         text = f"{_size(self.down)} to the browser"
         if self.zero_copy:
             text += f" ({_size(self.zero_copy)} of it zero-copy)"
         return f"{text}, {_size(self.up)} from it"
+
+
+class Sending(Protocol):
+    sent: int
 
 
 def _size(count: int) -> str:
@@ -173,7 +187,7 @@ async def _client_to_backend(
     loop = asyncio.get_running_loop()
     while True:
         message = await receive()
-        activity.last_input = loop.time()
+        activity.last_input = traffic.last_input = loop.time()
         if message["type"] == "websocket.disconnect":
             return RelayEnd.CLIENT_CLOSED
         data = message.get("bytes")

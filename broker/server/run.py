@@ -8,6 +8,7 @@ import logging
 import logging.config
 import os
 import resource
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..access.pages import PagePasses
 from ..access.tokens import MemoryTokenStore, Tokens
 from ..config import Settings
 from ..logs import logging_config
+from ..observe.audit import AuditError, AuditLog
 from ..sources.consoles import LibvirtConsoles
 from ..sources.graphics import parse_target
 from ..sources.static import CombinedConsoles, StaticConsoles
@@ -32,6 +34,7 @@ from ..state import (
     write_server_file,
 )
 from ..web.app import Broker, create_app
+from ..web.ops import MetricsListener, metrics_app
 from ..web.proxy import CliSocketRequests, ForwardedHeaders, TrustedProxies
 from . import compat
 from .httpguard import QuietLateResponses, guarded_http_protocol
@@ -97,17 +100,36 @@ def bind_socket(settings: Settings) -> tuple[socket.socket, dict[str, str]]:
             raise SystemExit(f"broker: {exc}") from None
         where = {"uds": settings.uds}
     else:
-        host, port = settings.host_port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
-        where = {"url": f"http://{shown}:{port}"}
+        sock, url = bind_tcp(*settings.host_port)
+        where = {"url": url}
     sock.listen(1024)
     sock.setblocking(False)
     return sock, where
+
+
+def bind_tcp(host: str, port: int) -> tuple[socket.socket, str]:
+    """A TCP socket bound to host:port, and its URL (with the port the kernel chose for 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    return sock, f"http://{shown}:{port}"
+
+
+def bind_metrics_socket(settings: Settings) -> tuple[socket.socket, str] | None:
+    """The `metrics_listen` listener, if configured: /metrics only, no API key (web/ops.py)."""
+    address = settings.metrics_host_port
+    if address is None:
+        return None
+    try:
+        sock, url = bind_tcp(*address)
+    except OSError as exc:
+        raise SystemExit(f"broker: metrics_listen {settings.metrics_listen}: {exc.strerror or exc}") from None
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock, url
 
 
 class BrokerServer(uvicorn.Server):
@@ -116,6 +138,11 @@ class BrokerServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, broker: Broker) -> None:
         super().__init__(config)
         self.broker = broker
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # SIGHUP reopens the audit log (logrotate); without one it is ignored, never fatal.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.broker.observe.audit.reopen)
+        await super().startup(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         ended = self.broker.end_all_sessions()
@@ -139,6 +166,11 @@ def serve(settings: Settings) -> None:
     )
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
     pages = PagePasses(MemoryTokenStore(), window=settings.session_window)
+    try:
+        audit = AuditLog(settings.audit_log)
+    except AuditError as exc:
+        raise SystemExit(f"broker: {exc}") from None
+    metrics = bind_metrics_socket(settings)  # first: a taken port leaves no socket file behind
     sock, where = bind_socket(settings)
     uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
     broker = Broker(
@@ -151,6 +183,8 @@ def serve(settings: Settings) -> None:
         allowed_hosts=settings.allowed_hosts,
         limits=settings.limits,
         serial_take_over=settings.serial_take_over,
+        audit=audit,
+        metrics_domain_label=settings.metrics_domain_label,
     )
     warn_if_any_host_is_trusted(settings)
     cli_path = cli_socket_path(settings.state_dir)
@@ -163,13 +197,19 @@ def serve(settings: Settings) -> None:
     cli_sock.listen(64)
     cli_sock.setblocking(False)
     cli_file = os.lstat(cli_path)
-    app = QuietLateResponses(
-        CliSocketRequests(
-            ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies)),
-            cli_sock.getsockname(),
-            where.get("url"),
-        )
+    served: Any = CliSocketRequests(
+        ForwardedHeaders(create_app(broker), TrustedProxies(settings.trusted_proxies)),
+        cli_sock.getsockname(),
+        where.get("url"),
     )
+    sockets = [sock, cli_sock]
+    if metrics is not None:
+        sockets.append(metrics[0])
+        served = MetricsListener(served, metrics[0].getsockname(), metrics_app(broker))
+        log.info("metrics for scrapers without an API key on %s/metrics", metrics[1])
+    app = QuietLateResponses(served)
+    if audit.enabled:
+        log.info("audit events to %s", settings.audit_log)
     http_protocol, ws_protocol = protocols(settings.header_timeout)
     config = uvicorn.Config(
         app,
@@ -191,9 +231,10 @@ def serve(settings: Settings) -> None:
     server_file = write_server_file(settings.state_dir, {**where, "cli": str(cli_path), "pid": os.getpid()})
     log.info("broker listening on %s, libvirt %s", where.get("url") or where.get("uds"), settings.connect)
     try:
-        server.run(sockets=[sock, cli_sock])
+        server.run(sockets=sockets)
     finally:
         consoles.close()
+        audit.close()
         remove_server_file(server_file, os.getpid())
         _remove_if_ours(settings.uds, uds_file)
         _remove_if_ours(str(cli_path), cli_file)

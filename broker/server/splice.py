@@ -382,7 +382,7 @@ class _Splice:
         Nothing after a frame that ended the session (text, say) in the same read."""
         if self.ended.done():
             return
-        self.last_input = self.loop.time()
+        self.last_input = self.traffic.last_input = self.loop.time()
         data = payload[0] if len(payload) == 1 else b"".join(payload)
         rule = self.on_input
         if rule is not None:
@@ -401,7 +401,7 @@ class _Splice:
         """A text message from the browser: what it does is the console kind's rule."""
         if self.ended.done():
             return
-        self.last_input = self.loop.time()
+        self.last_input = self.traffic.last_input = self.loop.time()
         answer = self.on_text(text)
         if answer.refused:
             self.finish(RelayEnd.CLIENT_SENT_TEXT)
@@ -480,6 +480,7 @@ class _Splice:
             log.debug("zero-copy not available just now: %s", exc)
             return
         self.backend.pause_reading()
+        self.traffic.kernel = self.kernel  # so that the sessions API sees the bytes as they go
         # With the high-water mark at 0, pause_writing/resume_writing say exactly "something
         # is queued" / "nothing is": the kernel path writes to the socket only in between.
         self.browser.set_write_buffer_limits(high=0)
@@ -496,6 +497,7 @@ class _Splice:
         if kernel is None:
             return
         kernel.close()
+        self.traffic.kernel = None
         self.traffic.down += kernel.sent
         self.traffic.zero_copy += kernel.moved
         self.browser.set_write_buffer_limits()  # uvicorn's (64 KiB) again

@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
 from .proxy import CLI_SOCKET_SCOPE_KEY
-from ..relay.pump import SPLICE_EXTENSION, RelayEnd, Traffic, relay
+from ..relay.pump import SPLICE_EXTENSION, RelayEnd, relay
 from ..access.pages import COOKIE_NAME, PagePasses
 from ..access.tokens import Grant, MemoryTokenStore, MintedToken, Tokens
 from ..kinds import serial as serial_kind
@@ -53,6 +53,9 @@ from ..kinds.rules import VncInput, input_rule, text_rule
 from ..kinds.vncauth import ClientLeft, authenticate
 from ..live import LiveSession, LiveSessions
 from ..model import ConsoleKind, ConsoleRef, DomainInfo, LinkMode, Stream, serial_xml_hint
+from ..observe.audit import AuditLog
+from ..observe.events import CLIENT_CLOSED, CLIENT_LEFT, CLIENT_UNRESPONSIVE, INTERRUPTED, Observer
+from . import ops
 
 log = logging.getLogger("broker.app")
 
@@ -133,6 +136,8 @@ class Broker:
         web_dir: Path = WEB_DIR,
         limits: SessionLimits | None = None,
         serial_take_over: bool = True,
+        audit: AuditLog | None = None,
+        metrics_domain_label: bool = False,
     ) -> None:
         if not api_keys:
             raise ValueError("at least one API key is required")
@@ -151,6 +156,7 @@ class Broker:
         # AUTH_FAILURE_RATE a minute.
         self.failed_keys = RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
         self.live = LiveSessions(limits)
+        self.observe = Observer(self.live, audit, domain_label=metrics_domain_label)
         consoles.on_domain_ended(self.domain_ended)
 
     def domain_ended(self, uuid: str) -> None:
@@ -180,6 +186,7 @@ class Broker:
 
     async def healthz(self, request: Request) -> Response:
         ok, detail = await self.consoles.healthy()
+        self.observe.libvirt(ok)
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "libvirt": detail}, status_code=200 if ok else 503
         )
@@ -187,10 +194,11 @@ class Broker:
     async def list_domains(self, request: Request) -> Response:
         self.authorize(request)
         domains = await self.consoles.list_domains()
-        return JSONResponse({"domains": [d.to_json() for d in domains]})
+        return JSONResponse({"domains": [{**d.to_json(), "sessions": len(self.live.of_domain(d.uuid))} for d in domains]})
 
     async def create_console(self, request: Request) -> Response:
         key_index = self.authorize(request)
+        minted_by = ops.key_label(request, key_index)
         wait = self.mint_limiter.allow(str(key_index))
         if wait:
             raise BrokerError(RATE_LIMITED, retry_after=wait)
@@ -218,7 +226,9 @@ class Broker:
             mode=request_.mode,
             user=request_.user,
             max_session_length=request_.max_session_length,
+            minted_by=minted_by,
         )
+        self.observe.link_minted(minted.grant, ttl)
         log.info(
             "minted a %s %s console token for domain %s (%s)%s, ttl %gs",
             request_.mode.value,
@@ -244,15 +254,18 @@ class Broker:
         client = _key_client(request)
         wait = self.failed_keys.wait(client)
         if wait:
-            raise BrokerError(
+            error = BrokerError(
                 RATE_LIMITED, "Too many requests with a wrong API key from this address.", retry_after=wait
             )
+            self.observe.api_refused(error, client, quote(request.url.path))
+            raise error
         self.key_refused(request, client)
         raise BrokerError(UNAUTHORIZED)
 
     def key_refused(self, request: Request, client: str) -> None:
         """Count a failed attempt and log it: who and where, never what key was presented."""
         self.failed_keys.allow(client)
+        self.observe.api_refused(BrokerError(UNAUTHORIZED), client, quote(request.url.path))
         wait = self.failed_keys.wait(client)
         then = f"; its next API requests get 429 for {math.ceil(wait)} s" if wait else ""
         log.warning("refused API request from %s to %s: no valid API key%s", client, quote(request.url.path), then)
@@ -283,7 +296,9 @@ class Broker:
         try:
             grant = self.tokens.redeem(request.query_params.get("token"))
         except BrokerError as exc:
+            self.observe.refused(exc, ops.client_address(request), at="link")
             return self.error_page(exc)
+        self.observe.link_redeemed(grant)
         session_id, session = self.pages.open(grant)
         uuid = grant.console.uuid
         # Relative, so it stays right under any sub-path a proxy adds.
@@ -347,7 +362,12 @@ class Broker:
 
     async def websockify(self, websocket: WebSocket) -> None:
         """noVNC's default path: the single-use token is in the query."""
-        await self.serve_console(websocket, lambda: self.tokens.redeem(websocket.query_params.get("token")))
+        await self.serve_console(websocket, lambda: self.redeem_link(websocket))
+
+    def redeem_link(self, websocket: WebSocket) -> Grant:
+        grant = self.tokens.redeem(websocket.query_params.get("token"))
+        self.observe.link_redeemed(grant)
+        return grant
 
     async def console_websocket(self, websocket: WebSocket) -> None:
         """The console page's socket: authenticated by the session cookie, reusable within its window."""
@@ -364,6 +384,7 @@ class Broker:
             session, domain, stream = await self.open_session(websocket, authorize, take_over)
         except BrokerError as exc:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
+            self.observe.refused(exc, ops.client_address(websocket), at="websocket")
             await _close(websocket, exc)
             return
         limit = _shortest(self.limits.max_session_length, session.max_session_length)
@@ -372,7 +393,7 @@ class Broker:
             if limit
             else None
         )
-        traffic = Traffic()
+        traffic = session.traffic  # read live by the sessions API and the metrics
         try:
             on_input = input_rule(stream, session.mode, at_client_init=bool(stream.password))
             if stream.password:
@@ -394,6 +415,7 @@ class Broker:
                 client,
                 stream.endpoint,
             )
+            self.observe.session_opened(session)
             splicer = websocket.scope.get("extensions", {}).get(SPLICE_EXTENSION)
             on_text, idle = text_rule(stream.kind), self.limits.idle_timeout
             if splicer is not None:  # served by our uvicorn protocol: the fast path
@@ -417,18 +439,25 @@ class Broker:
                 )
         except BrokerError as exc:  # from the VNC-auth handshake
             log.warning("console session for %s from %s failed: %s", domain.name, client, exc.message)
+            self.observe.session_over(session, exc.failure.slug)
             await _close(websocket, exc)
             return
         except ClientLeft:
             log.info("console session for %s from %s: the client left during the VNC handshake", domain.name, client)
+            self.observe.session_over(session, CLIENT_LEFT)
             return
+        except BaseException:  # cancelled (a shutdown past its grace period), or a bug: still on record
+            self.observe.session_over(session, INTERRUPTED)
+            raise
         finally:
             # Whatever ended it (also a cancellation): the VNC connection QEMU counts goes too.
             stream.backend.close()
             if timer is not None:
                 timer.cancel()
             self.live.remove(session)
-        await _close(websocket, await self.end_reason(end, session, domain, stream, on_input))
+        reason = await self.end_reason(end, session, domain, stream, on_input)
+        await _close(websocket, reason)
+        self.observe.session_over(session, reason.failure.slug if reason else _end_slug(end))
         log.info("console session for %s from %s ended: %s; %s", domain.name, client, end.value, traffic.summary())
 
     async def open_session(
@@ -449,7 +478,9 @@ class Broker:
                 for other in self.live.of_domain(grant.console.uuid):
                     if other.console == grant.console:
                         other.end(BrokerError(TAKEN_OVER))
-            session = self.live.add(grant.console, grant.name, grant.mode, grant.user)
+            via = "page" if "uuid" in websocket.path_params else "link"
+            viewer = ops.viewer_of(websocket, grant, via=via)
+            session = self.live.add(grant.console, grant.name, viewer, grant.mode, grant.user)
             session.max_session_length = grant.max_session_length
             try:
                 domain, stream = await self.consoles.open(grant.console, take_over=force)
@@ -509,6 +540,7 @@ class Broker:
         delay = 1.0
         while True:
             ok, detail = await self.consoles.healthy()
+            self.observe.libvirt(ok)
             if ok:
                 delay = 1.0
                 await asyncio.sleep(5.0)
@@ -626,6 +658,7 @@ def create_app(broker: Broker) -> Starlette:
         Route("/console/{uuid}/terminal", broker.terminal_page),
         Route("/console/{uuid}/session", broker.console_session),
         WebSocketRoute("/console/{uuid}/websockify", broker.console_websocket),
+        *ops.routes(broker),
     ]
     novnc = broker.web_dir / "node_modules" / "@novnc" / "novnc"
     if novnc.is_dir():
@@ -699,6 +732,11 @@ async def _close(websocket: WebSocket, error: BrokerError | None) -> None:
         await websocket.close(error.failure.close_code, error.close_reason)
     except Exception:  # already gone: nobody is left to tell
         pass
+
+
+def _end_slug(end: RelayEnd) -> str:
+    """How a session ended that no close code of ours describes (the client's doing)."""
+    return CLIENT_UNRESPONSIVE if end is RelayEnd.CLIENT_UNRESPONSIVE else CLIENT_CLOSED
 
 
 def _iso(timestamp: float) -> str:

@@ -13,7 +13,11 @@ import libvirt
 import pytest
 
 from support import vms
+from support.audit import audit_events, secrets_in
 from support.processes import BrokerProcess, start_broker
+
+# The passwords test_vnc_auth.py gives its domain (kept here: a conftest imports no test module).
+VNC_PASSWORDS = ("s3cret", "n3wpass")
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +68,12 @@ def off_vm(conn: libvirt.virConnect) -> libvirt.virDomain:
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) -> Iterator[BrokerProcess]:
-    process = start_broker(tmp_path_factory.mktemp("broker-state"))
+    state = tmp_path_factory.mktemp("broker-state")
+    audit = state / "audit.jsonl"
+    process = start_broker(state, extra_env={"BROKER_AUDIT_LOG": str(audit)})
     yield process
     process.stop()
+    # Every audit event of the whole run, grepped for secrets: the API key, the VNC
+    # passwords of test_vnc_auth.py, anything shaped like a token or cookie, any query.
+    assert audit_events(audit), "the shared broker wrote no audit event"
+    assert secrets_in(audit, [process.api_key, *VNC_PASSWORDS]) == []

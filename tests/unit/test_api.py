@@ -91,6 +91,7 @@ def test_list_shows_defined_domains_with_their_consoles(api, define_domain) -> N
         "state": "running",
         "consoles": [{"index": 0, "endpoint": "vnc://127.0.0.1:5905"}],
         "serial_consoles": [],
+        "sessions": 0,  # console sessions open now
     }
     assert domains[off.name()]["state"] == "shutoff"
     assert "not running" in domains[off.name()]["console_unavailable"]

@@ -96,7 +96,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[typ
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = answer
+        do_GET = do_POST = do_DELETE = answer
 
         def log_message(self, *args: object) -> None:
             pass

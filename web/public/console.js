@@ -47,6 +47,7 @@ const CLOSE_REASONS = {
     4300: 'The virtual machine stopped.',
     4301: 'The VNC server closed the connection.',
     4302: 'The broker only relays binary WebSocket messages.',
+    4305: 'An administrator ended this console session.',
     4400: 'The broker serves as many consoles as it may; try again later.',
     4401: 'This console already has as many viewers as allowed.',
     4402: 'Too many consoles are being opened at once; try again in a moment.',
