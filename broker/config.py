@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .access.keys import ApiKey, parse_keys
 from .access.limits import SessionLimits
 from .access.tokens import MIN_TTL
 from .sources.graphics import parse_target
@@ -37,7 +38,7 @@ class Settings:
     libvirt_timeout: float = 5.0
     state_dir: Path = DEFAULT_STATE_DIR
     public_url: str | None = None
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()
     token_ttl: float = 60.0
     token_max_ttl: float = 600.0
     session_window: float = 600.0
@@ -145,7 +146,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             libvirt_timeout=_positive("libvirt_timeout", raw.get("libvirt_timeout", s.libvirt_timeout)),
             state_dir=Path(str(raw.get("state_dir", s.state_dir))),
             public_url=str(raw["public_url"]).rstrip("/") if raw.get("public_url") else None,
-            api_keys=_keys(raw.get("api_keys", ())),
+            api_keys=parse_keys(raw.get("api_keys", ())),
             token_ttl=_positive("token_ttl", raw.get("token_ttl", s.token_ttl)),
             token_max_ttl=_positive("token_max_ttl", raw.get("token_max_ttl", s.token_max_ttl)),
             session_window=_positive("session_window", raw.get("session_window", s.session_window)),
@@ -317,11 +318,3 @@ def _static_consoles(value: Any) -> dict[str, str]:
         except ValueError as exc:
             raise ValueError(f"static_consoles.{name}: {exc}") from None
     return {str(name): str(target) for name, target in value.items()}
-
-
-def _keys(value: Any) -> tuple[str, ...]:
-    keys = _list(value)
-    for key in keys:
-        if len(key) < 16:
-            raise ValueError("every API key must be at least 16 characters long")
-    return keys

@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from ..access.keys import ApiKey
 from ..access.pages import PagePasses
 from ..access.tokens import MemoryTokenStore, Tokens
 from ..config import Settings
@@ -42,7 +43,7 @@ from .httpguard import QuietLateResponses, guarded_http_protocol
 log = logging.getLogger("broker.server")
 
 
-def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
+def ensure_api_keys(settings: Settings) -> tuple[ApiKey, ...]:
     """Configured keys, else the host's own key file, created (0600) on first start.
 
     The state dir is prepared and checked first, also with configured keys (server.json
@@ -62,7 +63,7 @@ def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
         raise SystemExit(f"broker: {exc}") from None
     if not existed:
         log.info("created an API key in %s (mode 0600)", settings.api_key_file)
-    return (key,)
+    return (ApiKey.full("key1", key),)
 
 
 # Descriptors one console session may hold: the browser's and the VNC server's sockets, and
