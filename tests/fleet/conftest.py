@@ -1,0 +1,92 @@
+"""A fleet of three hypervisor hosts in network namespaces behind one nginx front.
+
+Built once for the module: a bridge with a private /24, three namespaces (hv1, hv2, hv3)
+each running its own `broker serve` on TLS (its own state dir, API key and certificate
+from a fleet CA made by contrib/fleet-cert.sh), the front nginx in the root namespace
+with exactly contrib/nginx/fleet.conf and a generated map file, and one small QEMU domain
+per host from the machine's libvirtd. The domains' consoles have no listener at all
+(`listen type='none'`: the broker gets a socket from libvirt), so no namespace needs the
+root namespace's loopback. Every piece is removed at the end, also when a test or the
+set-up itself fails; a piece left behind fails the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from support import vms
+from support.fleet import Fleet
+
+HOSTS = ["hv1", "hv2", "hv3"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def conn() -> Iterator[libvirt.virConnect]:
+    connection = vms.connect()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def fleet_vms(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One running domain per host, hv1's with a serial console logged to a file."""
+    names = {host: vms.domain_name(f"broker-test-fleet-{host}") for host in HOSTS}
+    serial_log = tmp_path_factory.mktemp("fleet-serial") / "serial.log"
+    try:
+        for host, name in names.items():
+            extra = vms.serial_pty(str(serial_log)) if host == "hv1" else ""
+            vms.define(conn, name, vms.NO_LISTENER, extra=extra)
+        yield names
+    finally:
+        cleanup = vms.connect()
+        for name in names.values():
+            vms.remove(cleanup, name)
+        left = [d.name() for d in cleanup.listAllDomains(0) if d.name() in names.values()]
+        cleanup.close()
+        assert not left, f"domains left behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, fleet_vms: dict[str, str]) -> Iterator[Fleet]:
+    built = Fleet(tmp_path_factory.mktemp("fleet"))
+    try:
+        built.build(HOSTS)
+        built.start_front()
+        for host in built.hosts.values():
+            built.start_broker(host)
+        yield built
+    finally:
+        problems = built.close()
+        assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    # The front's certificate is the test fleet's own: Chromium is told not to mind.
+    context = browser.new_context(viewport={"width": 1024, "height": 768}, ignore_https_errors=True)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    path = Path(__file__).resolve().parents[2] / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
