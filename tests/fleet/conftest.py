@@ -33,15 +33,33 @@ def conn() -> Iterator[libvirt.virConnect]:
     connection.close()
 
 
+def define_with_serial_bios(conn: libvirt.virConnect, name: str, directory: Path) -> None:
+    """A SeaBIOS domain that also writes its screen to its serial port (SeaBIOS's "sercon",
+    switched on by the fw_cfg file etc/sercon-port = 0x3f8), so the serial console shows
+    the same boot text as VNC, with the domain's own UUID; the output is logged for history."""
+    port_file = directory / "sercon-port"
+    port_file.write_bytes((0x3F8).to_bytes(2, "little"))
+    port_file.chmod(0o644)
+    xml = vms.domain_xml(name, vms.NO_LISTENER, extra=vms.serial_pty(str(directory / "serial.log")))
+    xml = xml.replace(
+        "<domain type='qemu'>", "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>"
+    )
+    arguments = f"<qemu:arg value='-fw_cfg'/><qemu:arg value='name=etc/sercon-port,file={port_file}'/>"
+    xml = xml.replace("</domain>", f"<qemu:commandline>{arguments}</qemu:commandline></domain>")
+    vms.remove(conn, name)
+    conn.defineXML(xml).create()
+
+
 @pytest.fixture(scope="module")
 def fleet_vms(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """One running domain per host, hv1's with a serial console logged to a file."""
+    """One running domain per host; hv1's also shows its boot text on a serial console."""
     names = {host: vms.domain_name(f"broker-test-fleet-{host}") for host in HOSTS}
-    serial_log = tmp_path_factory.mktemp("fleet-serial") / "serial.log"
     try:
         for host, name in names.items():
-            extra = vms.serial_pty(str(serial_log)) if host == "hv1" else ""
-            vms.define(conn, name, vms.NO_LISTENER, extra=extra)
+            if host == "hv1":
+                define_with_serial_bios(conn, name, tmp_path_factory.mktemp("fleet-serial"))
+            else:
+                vms.define(conn, name, vms.NO_LISTENER)
         yield names
     finally:
         cleanup = vms.connect()

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from support.certs import client_context, issue, make_ca
-from support.fleet import BROKER_PORT, Fleet
+from support.fleet import BROKER_PORT, Fleet, links, namespaces
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -118,18 +118,27 @@ def test_chromium_sees_each_hosts_vm_through_the_one_front(fleet: Fleet, fleet_v
     assert all(f"host={host} upstream={fleet.hosts[host].address}:{BROKER_PORT}" in log for host in links)
 
 
-def test_a_serial_console_through_the_front(fleet: Fleet, fleet_vms) -> None:
+def test_a_serial_console_through_the_front_shows_the_vms_boot_text(fleet: Fleet, fleet_vms) -> None:
     link = mint_with_cli(fleet, "hv1", fleet_vms["hv1"], "--serial")
     assert link["kind"] == "serial"
+    assert link["console_url"].startswith(f"{fleet.front_url}/h/hv1/console?token=")
+    output, controls = b"", []
     with connect(link["websocket_url"], ssl=client_context(fleet.ca), origin=fleet.front_url, open_timeout=15) as ws:
-        messages = []
-        while not any(isinstance(m, str) and json.loads(m)["type"] == "live" for m in messages):
-            messages.append(ws.recv(timeout=10))
-        assert json.loads(messages[0])["type"] == "history"
+        deadline = time.monotonic() + 15
+        while b"No bootable device" not in output:
+            assert time.monotonic() < deadline, f"serial output so far: {output[-300:]!r}, controls {controls}"
+            message = ws.recv(timeout=10)
+            if isinstance(message, str):
+                controls.append(json.loads(message)["type"])
+            else:
+                output += message
         ws.send(json.dumps({"type": "ping"}))
-        while (answer := ws.recv(timeout=10)) and not isinstance(answer, str):
-            pass
-        assert json.loads(answer) == {"type": "pong"}
+        while (answer := ws.recv(timeout=10)) and (isinstance(answer, bytes) or json.loads(answer)["type"] != "pong"):
+            if isinstance(answer, str):
+                controls.append(json.loads(answer)["type"])
+    assert controls[0] == "history" and "live" in controls
+    assert b"SeaBIOS" in output
+    assert f"Machine UUID {link['domain']['uuid']}".encode() in output  # that VM's own console
 
 
 def test_a_link_from_one_host_under_anothers_prefix_is_refused(fleet: Fleet, fleet_vms) -> None:
@@ -206,3 +215,25 @@ def test_unknown_and_stopped_hosts_get_the_fronts_page_while_others_serve(fleet:
         finally:
             fleet.start_broker(hv3)  # back, with a new process: the fleet is whole for whoever follows
         assert client.get("/h/hv3/healthz").status_code == 200
+
+
+def test_a_fleet_that_fails_half_way_is_removed_completely(tmp_path: Path) -> None:
+    """What the module's finalizer relies on: close() after a failure in the middle of the
+    set-up removes the namespaces, links, bridge and processes made so far."""
+
+    class SetUpFailed(Exception):
+        pass
+
+    partial = Fleet(tmp_path)
+    try:
+        partial.build(["hv1", "hv2"])
+        partial.start_front()
+        broker = partial.start_broker(partial.hosts["hv1"])
+        raise SetUpFailed
+    except SetUpFailed:
+        pass
+    finally:
+        problems = partial.close()
+    assert problems == []
+    assert not [name for name in namespaces() + links() if name.startswith(partial.tag)]
+    assert broker.process.poll() is not None and partial.front.process.poll() is not None

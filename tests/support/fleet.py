@@ -4,7 +4,7 @@ in the root namespace running contrib/nginx/fleet.conf.
 
 Every namespace, link and process made here is recorded at once in `Fleet.undo`, and
 `Fleet.close()` removes them in reverse order whatever happened in between, then checks
-that nothing is left. Names carry this process's id (`bfleet<pid>-…`), so two runs never
+that nothing is left. Names carry this process's id and a letter per fleet (`bfl<pid>a…`), so two runs never
 touch each other's, and leftovers of a run that was killed (its pid gone) are swept first.
 """
 
@@ -22,7 +22,7 @@ from .nginx import Nginx, run_nginx
 from .processes import BrokerProcess, free_port, start_broker
 
 FLEET_CONF = Path(__file__).resolve().parents[2] / "contrib" / "nginx" / "fleet.conf"
-PREFIX = "bfleet"
+PREFIX = "bfl"  # short: a link's name has at most 15 characters (bfl<pid><n>br)
 BROKER_PORT = 6443
 
 
@@ -44,7 +44,7 @@ def links() -> list[str]:
 def sweep_leftovers() -> None:
     """Namespaces and links of earlier runs whose process is gone (killed before cleaning up)."""
     for name in [*namespaces(), *links()]:
-        found = re.match(rf"{PREFIX}(\d+)", name)
+        found = re.match(rf"{PREFIX}(\d+)[a-z]", name)
         if found and not Path(f"/proc/{found[1]}").exists():
             if name in namespaces():
                 ip("netns", "del", name, check=False)
@@ -60,6 +60,9 @@ def free_subnet() -> str:
         if f"10.231.{third}." not in used:
             return f"10.231.{third}"
     raise RuntimeError("no free 10.231.N.0/24 subnet")
+
+
+_SERIAL = iter("abcdefghijklmnopqrstuvwxyz")  # one letter per fleet of this process
 
 
 @dataclass
@@ -80,7 +83,7 @@ class Host:
 @dataclass
 class Fleet:
     directory: Path
-    tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}")
+    tag: str = field(default_factory=lambda: f"{PREFIX}{os.getpid()}{next(_SERIAL)}")
     undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
     front: Nginx | None = None
