@@ -4,8 +4,8 @@ in the root namespace running contrib/nginx/fleet.conf.
 
 Every namespace, link and process made here is recorded at once in `Fleet.undo`, and
 `Fleet.close()` removes them in reverse order whatever happened in between, then checks
-that nothing is left. Names carry this process's id and a letter per fleet (`bfl<pid>a…`), so two runs never
-touch each other's, and leftovers of a run that was killed (its pid gone) are swept first.
+that nothing is left. Names carry this process's id and a letter per fleet (`bfl<pid>a…`),
+so two runs never touch each other's, and leftovers of a killed run (pid gone) are swept first.
 """
 
 from __future__ import annotations
