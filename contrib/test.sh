@@ -26,6 +26,9 @@ log() { printf '[test] %s\n' "$*"; }
 extra="${BROKER_SETUP_EXTRA_APT:-}"
 [ -x /usr/bin/chromium ] || extra+=" chromium"
 command -v nginx >/dev/null || extra+=" nginx-light"
+# The fleet tests (tests/fleet) make network namespaces and certificates.
+command -v ip >/dev/null || extra+=" iproute2"
+command -v openssl >/dev/null || extra+=" openssl"
 BROKER_SETUP_EXTRA_APT="$extra" bash contrib/setup.sh
 bash contrib/libvirt-up.sh up
 
