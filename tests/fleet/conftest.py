@@ -23,8 +23,6 @@ from support import vms
 from support.fleet import Fleet
 
 HOSTS = ["hv1", "hv2", "hv3"]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -90,16 +88,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, fleet_vms: dict[str, str]) -
     finally:
         problems = built.close()
         assert not problems, problems
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
