@@ -118,6 +118,27 @@ def test_chromium_sees_each_hosts_vm_through_the_one_front(fleet: Fleet, fleet_v
     assert all(f"host={host} upstream={fleet.hosts[host].address}:{BROKER_PORT}" in log for host in links)
 
 
+def test_a_second_console_on_a_host_costs_it_no_static_requests(fleet: Fleet, fleet_vms, browser) -> None:
+    """The front keeps the page's ~55 static files per host, so opening another console
+    costs the host the link, the page, its session and the WebSocket only (each a fresh TLS connection)."""
+    broker = fleet.hosts["hv2"].broker
+
+    def open_console() -> int:
+        before = broker.log().count('"GET /static/')
+        context = browser.new_context(ignore_https_errors=True)  # a new browser cache every time
+        try:
+            page = context.new_page()
+            page.goto(mint_through_front(fleet, "hv2", fleet_vms["hv2"])["console_url"])
+            wait_state(page, "connected")
+        finally:
+            context.close()
+        return broker.log().count('"GET /static/') - before
+
+    open_console()  # fills the front's cache, if an earlier test has not
+    assert open_console() == 0
+    assert "cache=HIT" in fleet.front.access_log()
+
+
 def test_a_serial_console_through_the_front_shows_the_vms_boot_text(fleet: Fleet, fleet_vms) -> None:
     link = mint_with_cli(fleet, "hv1", fleet_vms["hv1"], "--serial")
     assert link["kind"] == "serial"

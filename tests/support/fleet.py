@@ -169,6 +169,7 @@ class Fleet:
         )
         port = free_port()
         swaps = {
+            "cache": f"proxy_cache_path {directory / 'cache'} levels=1:2 keys_zone=vm_console_fleet_static:1m",
             "map": f"    include {directory / 'hosts.map'};",
             "listen": f"    listen 127.0.0.1:{port} ssl;",
             "server cert": f"    ssl_certificate {certs / 'front-server.crt'};",
