@@ -338,3 +338,33 @@ def test_the_broker_does_not_start_with_a_key_others_can_read(fleet, tmp_path: P
         start_broker(tmp_path / "state", extra_env=env)
     assert f"broker: tls_key {key} has mode 0644" in str(failed.value)
     assert "Traceback" not in str(failed.value)
+
+
+def test_without_the_uvicorn_internals_it_needs_tls_stops_rather_than_serving_plain(fleet, monkeypatch) -> None:
+    from broker.server import compat
+    from broker.server.run import load_tls
+
+    renamed = compat.Requirement("uvicorn", "uvicorn:Renamed.servers", lambda: False, "tls")
+    monkeypatch.setattr(compat, "REQUIREMENTS", [*compat.REQUIREMENTS, renamed])
+    settings = load_settings(
+        environ={"BROKER_TLS_CERT": str(fleet["host"].cert), "BROKER_TLS_KEY": str(fleet["host"].key)}
+    )
+    with pytest.raises(SystemExit, match="cannot serve TLS with uvicorn .*: missing uvicorn:Renamed.servers"):
+        load_tls(settings)
+    assert load_tls(load_settings(environ={})) is None
+
+
+def test_a_reload_adds_a_new_ca_and_says_a_removed_one_counts_until_restart(fleet, tmp_path: Path, caplog) -> None:
+    bundle = tmp_path / "clients.crt"
+    bundle.write_bytes(fleet["ca"].read_bytes())
+    live = ReloadableContext(files(fleet, client_ca=bundle))
+    assert len(live.context.get_ca_certs()) == 1
+    new_ca = make_ca(tmp_path / "new-ca")
+    bundle.write_bytes(fleet["ca"].read_bytes() + new_ca.read_bytes())  # rotation: both for a while
+    assert live.reload()
+    assert len(live.context.get_ca_certs()) == 2
+    bundle.write_bytes(new_ca.read_bytes())  # the old CA retired
+    assert live.reload()
+    assert (
+        "1 CA certificate(s) no longer in tls_client_ca" in caplog.text and "until the broker restarts" in caplog.text
+    )
