@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -258,3 +259,28 @@ def test_a_fleet_that_fails_half_way_is_removed_completely(tmp_path: Path) -> No
     assert problems == []
     assert not [name for name in namespaces() + links() if name.startswith(partial.tag)]
     assert broker.process.poll() is not None and partial.front.process.poll() is not None
+
+
+def reload_front(fleet: Fleet, map_text: str, path: str, status: int) -> None:
+    """A new map file, `nginx -s reload` (SIGHUP to the master), until `path` answers `status`."""
+    (fleet.front.directory / "hosts.map").write_text(map_text)
+    fleet.front.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    with front_client(fleet) as client:
+        while client.get(path).status_code != status:
+            assert time.monotonic() < deadline, f"{path} did not answer {status} after the reload"
+            time.sleep(0.1)
+
+
+def test_a_map_line_pointing_at_another_hosts_broker_fails_on_its_name(fleet: Fleet) -> None:
+    """The front checks the broker's certificate for the map's host name: hv4 mistakenly
+    pointed at hv1's address reaches nothing, rather than hv1's consoles under hv4."""
+    original = (fleet.front.directory / "hosts.map").read_text()
+    try:
+        reload_front(fleet, original + f"hv4 {fleet.hosts['hv1'].address}:{BROKER_PORT};\n", "/h/hv4/healthz", 502)
+        with front_client(fleet) as client:
+            assert "hv4 is not reachable" in client.get("/h/hv4/healthz").text
+            assert client.get("/h/hv1/healthz").status_code == 200
+        assert "upstream SSL certificate does not match" in (fleet.front.directory / "error.log").read_text()
+    finally:
+        reload_front(fleet, original, "/h/hv4/healthz", 404)
