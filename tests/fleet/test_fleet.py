@@ -223,7 +223,7 @@ def test_unknown_and_stopped_hosts_get_the_fronts_page_while_others_serve(fleet:
             assert unknown.status_code == 404, path
             assert 'data-fleet-error="unknown-host"' in unknown.text and "No such console host" in unknown.text
         hv3 = fleet.hosts["hv3"]
-        hv3.broker.stop()
+        assert hv3.broker.stop() == 0
         try:
             down = client.get("/h/hv3/console?token=x")
             assert down.status_code == 502

@@ -213,7 +213,8 @@ def tls_broker(tmp_path_factory, fleet, stream: StreamServer) -> Iterator[Broker
         },
     )
     yield broker
-    broker.stop()
+    assert broker.stop() == 0, "SIGTERM should end a TLS broker cleanly too"
+    assert "Traceback" not in broker.log()
 
 
 def front_client(fleet) -> httpx.Client:
