@@ -1,32 +1,30 @@
 """Suite-wide ordering: a test that restarts libvirtd runs last, so no shared
 libvirt connection or domain handle is used across the restart. And one Chromium for the
-run: Playwright's sync API allows one instance at a time (tests/e2e and tests/fleet use it)."""
+run, and one Playwright: its sync API allows one instance at a time (tests/e2e, tests/fleet)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from support import chromium as chromium_setup
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def playwright() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Any) -> Iterator[Any]:
+    chromium = playwright.chromium.launch(executable_path=chromium_setup.EXECUTABLE, args=chromium_setup.ARGS)
+    yield chromium
+    chromium.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -105,7 +105,9 @@ def test_chromium_sees_each_hosts_vm_through_the_one_front(fleet: Fleet, fleet_v
     }
     for host, link in links.items():
         assert link["console_url"].startswith(f"{fleet.front_url}/h/{host}/console?token="), link
-        assert link["websocket_url"].startswith(f"wss://127.0.0.1:{fleet.front.port}/h/{host}/websockify?token=")
+        assert link["websocket_url"].startswith(
+            f"wss://{fleet.front_address}:{fleet.front.port}/h/{host}/websockify?token="
+        )
         page.goto(link["console_url"])
         wait_state(page, "connected")
         assert page.url.startswith(f"{fleet.front_url}/h/{host}/console/{link['domain']['uuid']}/")
@@ -126,7 +128,7 @@ def test_a_second_console_on_a_host_costs_it_no_static_requests(fleet: Fleet, fl
 
     def open_console() -> int:
         before = broker.log().count('"GET /static/')
-        context = browser.new_context(ignore_https_errors=True)  # a new browser cache every time
+        context = browser.new_context()  # a new browser cache every time
         try:
             page = context.new_page()
             page.goto(mint_through_front(fleet, "hv2", fleet_vms["hv2"])["console_url"])
@@ -167,7 +169,7 @@ def test_a_link_from_one_host_under_anothers_prefix_is_refused(fleet: Fleet, fle
     link = mint_through_front(fleet, "hv1", fleet_vms["hv1"])
     token = link["token"]
     with connect(
-        f"wss://127.0.0.1:{fleet.front.port}/h/hv2/websockify?token={token}",
+        f"wss://{fleet.front_address}:{fleet.front.port}/h/hv2/websockify?token={token}",
         ssl=client_context(fleet.ca),
         open_timeout=15,
     ) as ws:

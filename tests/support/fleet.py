@@ -26,6 +26,20 @@ PREFIX = "bfl"  # short: a link's name has at most 15 characters (bfl<pid><n>br)
 BROKER_PORT = 6443
 
 
+def quiet_ipv6(interface: str, namespace: str | None = None) -> None:
+    """No IPv6 on a fleet interface: its link-local address and duplicate-address detection
+    would change addresses a second after the link comes up, and Chromium drops requests in
+    flight on any address change (net::ERR_NETWORK_CHANGED)."""
+    path = Path(f"/proc/sys/net/ipv6/conf/{interface}/disable_ipv6")
+    if namespace is None:
+        if path.exists():
+            path.write_text("1")
+    else:
+        subprocess.run(
+            ["ip", "netns", "exec", namespace, "sh", "-c", f"[ ! -e {path} ] || echo 1 > {path}"], check=True
+        )
+
+
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
     if check and result.returncode != 0:
@@ -101,7 +115,7 @@ class Fleet:
     @property
     def front_url(self) -> str:
         assert self.front is not None
-        return f"https://127.0.0.1:{self.front.port}"
+        return f"https://{self.front_address}:{self.front.port}"
 
     def certs(self) -> Path:
         return self.directory / "certs"
@@ -113,23 +127,39 @@ class Fleet:
         self.ca = make_ca(certs)
         ip("link", "add", self.bridge, "type", "bridge")
         self.undo.append((f"bridge {self.bridge}", lambda: ip("link", "del", self.bridge, check=False)))
+        quiet_ipv6(self.bridge)
         ip("addr", "add", f"{self.front_address}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         for index, name in enumerate(names, start=1):
             self.add_host(name, index)
 
-    def add_host(self, name: str, index: int) -> Host:
+    def add_namespace(self, name: str, index: int) -> tuple[str, str]:
+        """A namespace on the bridge at .<index>: its name and address."""
         namespace, veth = f"{self.tag}-{name}", f"{self.tag}v{index}"
         ip("netns", "add", namespace)
         self.undo.append((f"netns {namespace}", lambda: ip("netns", "del", namespace, check=False)))
+        quiet_ipv6("all", namespace)
+        quiet_ipv6("default", namespace)
         ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         self.undo.append((f"link {veth}", lambda: ip("link", "del", veth, check=False)))
+        quiet_ipv6(veth)
         ip("link", "set", veth, "master", self.bridge)
         ip("link", "set", veth, "up")
-        address = f"{self.subnet}.{10 + index}"
+        address = f"{self.subnet}.{index}"
         ip("-n", namespace, "link", "set", "lo", "up")
         ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
         ip("-n", namespace, "link", "set", "eth0", "up")
+        return namespace, address
+
+    def add_client(self) -> str:
+        """A namespace for the browser, as on another machine: only the front's address is
+        reachable, and no link or address change in the root namespace (another test run's
+        fleet, say) reaches Chromium. Its namespace name."""
+        namespace, _address = self.add_namespace("client", 200)
+        return namespace
+
+    def add_host(self, name: str, index: int) -> Host:
+        namespace, address = self.add_namespace(name, 10 + index)
         pair = issue(self.certs(), "host", name, address)
         state_dir = self.directory / name / "state"
         host = Host(name, namespace, address, pair, state_dir, env={})
@@ -163,7 +193,7 @@ class Fleet:
         directory.mkdir(parents=True, exist_ok=True)
         certs = self.certs()
         issue(certs, "client", "front")
-        issue(certs, "host", "front-server", "127.0.0.1")
+        issue(certs, "host", "front-server", self.front_address)
         (directory / "hosts.map").write_text(
             "".join(f"{host.name} {host.address}:{BROKER_PORT};\n" for host in self.hosts.values())
         )
@@ -171,7 +201,7 @@ class Fleet:
         swaps = {
             "cache": f"proxy_cache_path {directory / 'cache'} levels=1:2 keys_zone=vm_console_fleet_static:1m",
             "map": f"    include {directory / 'hosts.map'};",
-            "listen": f"    listen 127.0.0.1:{port} ssl;",
+            "listen": f"    listen {self.front_address}:{port} ssl;",
             "server cert": f"    ssl_certificate {certs / 'front-server.crt'};",
             "server key": f"    ssl_certificate_key {certs / 'front-server.key'};",
             "log": f"    access_log {directory / 'access.log'} vm_console_fleet;",
@@ -186,7 +216,7 @@ class Fleet:
                 line = f"{swaps.pop(marker[1].strip())}  # test: {marker[1]}"
             lines.append(line)
         assert not swaps, f"fleet.conf lost its '# test:' lines: {sorted(swaps)}"
-        self.front = run_nginx(directory, port, "\n".join(lines) + "\n", scheme="https")
+        self.front = run_nginx(directory, port, "\n".join(lines) + "\n", scheme="https", host=self.front_address)
         self.undo.append(("front nginx", self.front.stop))
         return self.front
 
