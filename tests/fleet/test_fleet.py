@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from support.certs import client_context, issue, make_ca
+from support.certs import Pair, client_context, issue, make_ca
 from support.fleet import BROKER_PORT, Fleet, links, namespaces
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -46,8 +46,9 @@ def mint_through_front(fleet: Fleet, host: str, domain: str, **body: object) -> 
 
 def mint_directly(fleet: Fleet, host: str, domain: str) -> dict:
     """A panel on the management network, with a client certificate from the fleet CA and the host's key."""
-    panel = issue(fleet.certs(), "client", "panel") if not (fleet.certs() / "panel.crt").exists() else None
-    pair = panel or type(fleet.hosts[host].pair)(fleet.certs() / "panel.crt", fleet.certs() / "panel.key")
+    pair = Pair(fleet.certs() / "panel.crt", fleet.certs() / "panel.key")
+    if not pair.cert.exists():
+        issue(fleet.certs(), "client", "panel")
     target = fleet.hosts[host]
     with httpx.Client(verify=client_context(fleet.ca, pair), timeout=15) as client:
         response = client.post(
@@ -213,7 +214,7 @@ def test_a_host_refuses_clients_without_a_fleet_certificate_and_plain_http(fleet
         except ConnectionResetError:
             plain = b""
     assert b"HTTP/" not in plain
-    front = client_context(fleet.ca, type(host.pair)(fleet.certs() / "front.crt", fleet.certs() / "front.key"))
+    front = client_context(fleet.ca, Pair(fleet.certs() / "front.crt", fleet.certs() / "front.key"))
     assert tls_request(host.address, front).startswith(b"HTTP/1.1 200")
     assert "Traceback" not in host.broker.log()
 
