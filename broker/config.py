@@ -62,6 +62,11 @@ class Settings:
     # many bytes of a console's log are replayed on attach (0: none).
     serial_take_over: bool = True
     serial_history: int = 64 * 1024
+    # TLS on the TCP listener (broker/server/tls.py checks the files at start): certificate
+    # and key together; with a client CA, only clients holding a certificate from it connect.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     @property
     def limits(self) -> SessionLimits:
@@ -171,6 +176,9 @@ def _validate(raw: dict[str, Any]) -> Settings:
             audit_log=str(raw["audit_log"]) if raw.get("audit_log") else None,
             metrics_listen=str(raw["metrics_listen"]) if raw.get("metrics_listen") else None,
             metrics_domain_label=_bool("metrics_domain_label", raw.get("metrics_domain_label", False)),
+            tls_cert=_path(raw.get("tls_cert")),
+            tls_key=_path(raw.get("tls_key")),
+            tls_client_ca=_path(raw.get("tls_client_ca")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -194,9 +202,26 @@ def _validate(raw: dict[str, Any]) -> Settings:
         raise ConfigError(f"token_ttl ({s.token_ttl:g}) is larger than token_max_ttl ({s.token_max_ttl:g})")
     if s.public_url and not s.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"public_url must start with http:// or https://, got {s.public_url!r}")
+    _check_tls(s)
     if s.log_level not in {"critical", "error", "warning", "info", "debug"}:
         raise ConfigError(f"log_level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
     return s
+
+
+def _path(value: Any) -> Path | None:
+    return Path(str(value)) if value not in (None, "") else None
+
+
+def _check_tls(s: Settings) -> None:
+    """The TLS settings fit together; their files are checked when the server starts."""
+    if s.tls_cert and not s.tls_key:
+        raise ConfigError("tls_cert is set but tls_key is not: give the certificate's private key too")
+    if s.tls_key and not s.tls_cert:
+        raise ConfigError("tls_key is set but tls_cert is not: give the certificate too")
+    if s.tls_client_ca and not s.tls_cert:
+        raise ConfigError("tls_client_ca needs tls_cert and tls_key: client certificates are asked for over TLS")
+    if s.tls_cert and s.uds:
+        raise ConfigError("tls_cert applies to the TCP listener (listen); the UNIX socket (uds) serves plain HTTP")
 
 
 def _number(name: str, value: Any) -> float:

@@ -288,6 +288,14 @@ class Broker:
             "mode": minted.grant.mode.value,
         }
 
+    def base_path(self, request: HTTPConnection) -> str:
+        """The path the broker is served under, as the browser sees it: public_url's when
+        configured (a front that is not a trusted proxy sends no X-Forwarded-Prefix), else
+        the prefix a trusted proxy gave."""
+        if self.public_url:
+            return urlsplit(self.public_url).path.rstrip("/")
+        return str(request.scope.get("root_path", ""))
+
     def base_url(self, request: HTTPConnection) -> str:
         if self.public_url:
             return self.public_url
@@ -314,7 +322,7 @@ class Broker:
             # Outlives the session on purpose, so an expired session is reported as expired
             # rather than as "no session"; the server enforces the window itself.
             max_age=int(self.pages.window * 2),
-            path=f"{request.scope.get('root_path', '')}/console/{uuid}/",
+            path=f"{self.base_path(request)}/console/{uuid}/",
             secure=request.url.scheme == "https",
             httponly=True,
             samesite="strict",
