@@ -12,6 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from support import vms
 from support.nginx import Nginx
 from support.processes import BrokerProcess, start_broker
 from support.rfb_client import handshake
@@ -96,9 +97,17 @@ def test_reload_and_reconnect_need_no_new_link(stack, console_vm: libvirt.virDom
     wait_state(page, "connected")
     page.reload()
     wait_state(page, "connected")
-    # An exclusive viewer makes QEMU drop the page's connection (the VM keeps running).
-    with connect(mint(nginx, broker, console_vm.name())["websocket_url"]) as rival:
-        handshake(rival, shared=False)
+    # A client asking QEMU for exclusive access makes it drop the page's connection (the VM
+    # keeps running). Through the broker that is impossible (it forces the shared flag on),
+    # so this one connects to QEMU's port directly, as a local user could.
+    with socket.create_connection(("127.0.0.1", vms.vnc_port(console_vm)), timeout=10) as rival:
+        version = rival.recv(12)
+        rival.sendall(version)
+        count = rival.recv(1)[0]
+        assert 1 in rival.recv(count)  # security type None
+        rival.sendall(b"\x01")
+        assert rival.recv(4) == b"\0\0\0\0"  # SecurityResult OK
+        rival.sendall(b"\x00")  # ClientInit, shared-flag 0
         wait_state(page, "disconnected")
     assert page.get_attribute("body", "data-close-code") == "4301"
     assert "closed the connection" in page.inner_text("#status")
