@@ -91,12 +91,12 @@ def fresh_page(browser) -> Iterator[object]:
 
 def test_history_then_live_output_split_mid_character(fake: FakeSerial, fresh_page, artifacts: Path) -> None:
     page = fresh_page
+    history = "boot: Grüße ✓\r\n".encode()
+    fake.greeting = [{"type": "history", "available": True, "bytes": len(history)}, history[:9], history[9:]]
     page.goto(fake.page_url)
     wait_state(page, "connected")
     assert page.inner_text("#domain-name") == "web-1"
     assert page.title() == "\u2068web-1\u2069 – Serial console"
-    history = "boot: Grüße ✓\r\n".encode()
-    fake.send({"type": "history", "available": True, "bytes": len(history)}, history[:9], history[9:])
     fake.send({"type": "live"})
     page.wait_for_selector("body[data-history='replayed']")
     # Live output with a two-byte, a three-byte and a wide character each cut in half.
@@ -115,10 +115,11 @@ def test_history_then_live_output_split_mid_character(fake: FakeSerial, fresh_pa
 
 def test_no_history_and_dropped_output_are_shown(fake: FakeSerial, fresh_page) -> None:
     page = fresh_page
+    hint = "Add <log file='/var/log/libvirt/qemu/web-1-serial0.log'/> to the serial device."
+    fake.greeting = [{"type": "history", "available": False, "hint": hint + "\x1b[2J"}, b"login: "]
     page.goto(fake.page_url)
     wait_state(page, "connected")
-    hint = "Add <log file='/var/log/libvirt/qemu/web-1-serial0.log'/> to the serial device."
-    fake.send({"type": "history", "available": False, "hint": hint + "\x1b[2J"}, b"login: ")
+    assert page.get_attribute("body", "data-history") == "unavailable"
     text = wait_text(page, "login: ")
     # The hint's escape sequence was shown as text, not obeyed (it would clear the screen).
     assert "No earlier output is available" in text
@@ -128,6 +129,39 @@ def test_no_history_and_dropped_output_are_shown(fake: FakeSerial, fresh_page) -
     assert "5.0 MiB of output dropped here" in text
     # The half escape sequence before the gap did not swallow the marker or what followed.
     assert re.search(r"dropped here[^\n]*\]\nafter", text), text
+
+
+def test_reconnect_replays_history_instead_of_repeating_it(fake: FakeSerial, fresh_page) -> None:
+    page = fresh_page
+    history = b"\x1b[1mkernel\x1b[0m: booted\r\n/ # "
+    fake.greeting = [{"type": "history", "available": True, "bytes": len(history)}, history, {"type": "live"}]
+    page.goto(fake.page_url)
+    wait_state(page, "connected")
+    fake.send(b"uptime\r\n")
+    wait_text(page, "uptime")
+    fake.close(4301, "")
+    wait_state(page, "disconnected")
+    assert "serial console was closed" in page.inner_text("#status")
+    page.click("#reconnect")
+    wait_state(page, "connected")
+    page.wait_for_selector("body[data-history='replayed']")
+    text = screen_text(page).rstrip("\n")
+    assert text == "kernel: booted\n/ # ", text  # the old screen and scrollback gave way to the replay
+    assert fake.wait_connections(2).sent_controls()[0] == {"type": "resize", "cols": 80, "rows": 24}
+
+
+def test_replayed_queries_get_no_answer(fake: FakeSerial, fresh_page) -> None:
+    """Earlier output may hold a program's queries (cursor position, device attributes):
+    the terminal must not answer them to the guest of now."""
+    page = fresh_page
+    history = b"resize\r\n\x1b7\x1b[r\x1b[999;999H\x1b[6n\x1b8\x1b[c"
+    fake.greeting = [{"type": "history", "available": True, "bytes": len(history)}, history, {"type": "live"}]
+    page.goto(fake.page_url)
+    wait_state(page, "connected")
+    page.wait_for_selector("body[data-history='replayed']")
+    fake.send(b"\x1b[6n")  # a live query is answered
+    sent = wait_sent(fake, b"R")
+    assert re.fullmatch(rb"\x1b\[\d+;\d+R", sent), sent
 
 
 def test_colours_and_cell_size_survive_the_content_security_policy(fake: FakeSerial, fresh_page) -> None:
@@ -191,6 +225,7 @@ def test_keys_and_a_pasted_block_reach_the_broker_as_bytes(fake: FakeSerial, fre
 
 def test_copy_puts_the_selection_on_the_clipboard(fake: FakeSerial, fresh_page) -> None:
     page = fresh_page
+    fake.greeting = []  # a broker that says nothing first: the page counts it open after a moment
     page.goto(fake.page_url)
     wait_state(page, "connected")
     fake.send(b"uptime: 3 days\r\n")

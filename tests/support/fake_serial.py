@@ -16,7 +16,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +53,11 @@ class FakeSerial:
     session: dict[str, Any]
     # Called with a new connection's query: a (code, reason) refuses it at once.
     refuse: Callable[[dict[str, str]], tuple[int, str] | None] = lambda _query: None
+    # Sent on each accepted connection, as the broker opens with its history message;
+    # by default an empty history.
+    greeting: list[bytes | str | dict[str, Any]] = field(
+        default_factory=lambda: [{"type": "history", "available": True, "bytes": 0}, {"type": "live"}]
+    )
     connections: list[Connection] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
     sockets: list[WebSocket] = field(default_factory=list)
@@ -75,16 +80,7 @@ class FakeSerial:
 
     def send(self, *frames: bytes | str | dict[str, Any]) -> None:
         """Frames to the page on the newest connection: bytes binary, str or dict (as JSON) text."""
-        ws = self.sockets[-1]
-
-        async def go() -> None:
-            for frame in frames:
-                if isinstance(frame, bytes):
-                    await ws.send_bytes(frame)
-                else:
-                    await ws.send_text(frame if isinstance(frame, str) else json.dumps(frame))
-
-        self._run(go())
+        self._run(_send(self.sockets[-1], frames))
 
     def close(self, code: int, reason: str = "") -> None:
         """Close the newest connection as the broker would."""
@@ -111,6 +107,7 @@ class FakeSerial:
                 connection.closed = True
                 return
             self.sockets.append(ws)
+            await _send(ws, self.greeting)
             try:
                 while True:
                     message = await ws.receive()
@@ -134,6 +131,14 @@ class FakeSerial:
                 Mount("/static", WithHeaders(StaticFiles(directory=WEB_DIR / "public"), STATIC_HEADERS)),
             ]
         )
+
+
+async def _send(ws: WebSocket, frames: Sequence[bytes | str | dict[str, Any]]) -> None:
+    for frame in frames:
+        if isinstance(frame, bytes):
+            await ws.send_bytes(frame)
+        else:
+            await ws.send_text(frame if isinstance(frame, str) else json.dumps(frame))
 
 
 def serial_session(**overrides: Any) -> dict[str, Any]:

@@ -65,6 +65,7 @@ const KEYS = {
 // connection is gone (a laptop that slept, a proxy that dropped it without a close).
 const PING_EVERY_MS = 20_000;
 const SILENCE_LIMIT_MS = 60_000;
+const SETTLE_MS = 2_000;
 
 const encoder = new TextEncoder();
 let session = null;    // the ./session answer
@@ -72,6 +73,7 @@ let socket = null;     // the current WebSocket; null while disconnected
 let replaying = false; // earlier output is being written: the terminal's answers to old queries must not reach the guest
 let lastHeard = 0;     // when the broker last sent anything
 let pinger = 0;
+let settle = 0;
 
 // xterm.js's DOM renderer styles itself with <style> elements and style attributes,
 // which our Content-Security-Policy (no 'unsafe-inline') refuses: copy them into
@@ -149,19 +151,31 @@ function connect(takeover) {
     socket = ws;
 }
 
+// The broker accepts every socket before it opens the console, so that a refusal
+// (busy, VM stopped, …) can carry its close code: an open socket is not yet a console.
+// The console is open once the broker speaks (first the history message), or when it
+// has not refused within a moment (a broker that sends no history message).
 function opened(ws) {
     if (ws !== socket) return;
     lastHeard = Date.now();
     pinger = setInterval(keepalive, PING_EVERY_MS);
+    settle = setTimeout(() => ready(ws), SETTLE_MS);
     delete document.body.dataset.history;
-    setState('connected', 'Connected');
+    ui.status.textContent = 'Opening the console…';
     sendControl({ type: 'resize', cols: term.cols, rows: term.rows });
+}
+
+function ready(ws) {
+    clearTimeout(settle);
+    if (ws !== socket || document.body.dataset.state === 'connected') return;
+    setState('connected', 'Connected');
     term.focus();
 }
 
 function received(ws, event) {
     if (ws !== socket) return;
     lastHeard = Date.now();
+    ready(ws);
     if (typeof event.data === 'string') control(event.data);
     // Bytes as they came: xterm.js decodes UTF-8 as a stream, so a character split
     // across two frames still renders as one.
@@ -219,6 +233,7 @@ function closed(ws, event) {
     socket = null;
     replaying = false;
     clearInterval(pinger);
+    clearTimeout(settle);
     document.body.dataset.closeCode = String(event.code);
     const busy = event.code === BUSY || event.code === TAKEN_OVER;
     const advice = busy ? ` ${takeOverAdvice(event.code)}` : '';
