@@ -372,7 +372,15 @@ def test_a_vnc_session_on_the_terminal_page_goes_to_the_vnc_page(fresh_page) -> 
     with fake_serial(kind="vnc") as fake:
         page.goto(fake.page_url)
         page.wait_for_url(re.compile(r".*/console/[0-9a-f-]+/$"))
-        assert not fake.connections, "the terminal page opened a VNC console's socket"
+        page.wait_for_selector("#ctrl-alt-del")  # console.html, the VNC page
+
+
+def test_a_serial_session_on_the_vnc_page_goes_to_the_terminal_page(fake: FakeSerial, fresh_page) -> None:
+    page = fresh_page
+    page.goto(fake.page_url.removesuffix("terminal"))
+    page.wait_for_url(fake.page_url)
+    wait_state(page, "connected")
+    assert len(fake.connections) == 1, "the VNC page opened the serial console's socket"
 
 
 # -- the whole deployment ------------------------------------------------------------------

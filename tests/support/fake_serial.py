@@ -24,7 +24,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -88,7 +88,7 @@ class FakeSerial:
 
     def app(self) -> Starlette:
         async def vnc_page(_request: Request) -> Response:
-            return HTMLResponse("<!doctype html><title>VNC console</title>", headers=PAGE_HEADERS)
+            return FileResponse(WEB_DIR / "public" / "console.html", headers=PAGE_HEADERS)
 
         async def page(_request: Request) -> Response:
             return FileResponse(WEB_DIR / "public" / "terminal.html", headers=PAGE_HEADERS)
@@ -127,6 +127,10 @@ class FakeSerial:
                 Mount(
                     "/static/xterm",
                     WithHeaders(StaticFiles(directory=WEB_DIR / "node_modules" / "@xterm"), STATIC_HEADERS),
+                ),
+                Mount(
+                    "/static/novnc",
+                    WithHeaders(StaticFiles(directory=WEB_DIR / "node_modules" / "@novnc" / "novnc"), STATIC_HEADERS),
                 ),
                 Mount("/static", WithHeaders(StaticFiles(directory=WEB_DIR / "public"), STATIC_HEADERS)),
             ]

@@ -342,8 +342,6 @@ function remembered(select, key, apply) {
     });
 }
 
-ui.fontSize.value = '14';
-ui.scrollback.value = '10000';
 remembered(ui.size, 'terminal.size', applySize);
 remembered(ui.fontSize, 'terminal.fontSize', applyFontSize);
 remembered(ui.scrollback, 'terminal.scrollback', applyScrollback);
