@@ -22,12 +22,14 @@ import pytest
 
 from support import vms
 from support.fake_serial import FakeSerial, fake_serial
+from support.processes import start_broker
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_GUEST_DIR = Path("/var/cache/vm-console-broker/tiny-guest")  # as in conftest.py
 PROMPT_TIMEOUT = 90  # the tiny guest boots its kernel under TCG
+SERIAL_CONSOLE = "<serial type='pty'><target port='0'/></serial>"
 
 
 def wait_state(page, state: str, timeout: float = 20_000) -> None:
@@ -197,7 +199,7 @@ def test_keys_and_a_pasted_block_reach_the_broker_as_bytes(fake: FakeSerial, fre
     page = fresh_page
     page.goto(fake.page_url)
     wait_state(page, "connected")
-    page.click("#screen")
+    page.click(".xterm-screen")
     page.keyboard.type("ls -l")
     page.keyboard.press("Enter")
     wait_sent(fake, b"ls -l\r")
@@ -395,15 +397,20 @@ def serial_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory
         f"<kernel>{TINY_GUEST_DIR / 'vmlinuz'}</kernel><initrd>{TINY_GUEST_DIR / 'initrd.gz'}</initrd>"
         "<cmdline>console=ttyS0 quiet</cmdline>"
     )
-    extra = (
-        f"<serial type='pty'><log file='{log}'/><target port='0'/></serial>"
-        "<console type='pty'><target type='serial' port='0'/></console>"
-    )
+    extra = f"<serial type='pty'><log file='{log}'/><target port='0'/></serial>"
     dom = vms.define(conn, "broker-test-serial-page", vms.TCP, memory_mib=256, os_xml=os_xml, extra=extra)
     deadline = time.monotonic() + PROMPT_TIMEOUT
     while "TINY-GUEST-READY" not in (log.read_text(errors="replace") if log.exists() else ""):
         assert time.monotonic() < deadline, f"the tiny guest did not boot in {PROMPT_TIMEOUT} s"
         time.sleep(0.5)
+    yield dom
+    vms.remove(conn, dom.name())
+
+
+@pytest.fixture
+def bare_serial_vm(conn: libvirt.virConnect) -> Iterator[libvirt.virDomain]:
+    """A SeaBIOS-only domain with a serial console and no log: nothing to replay."""
+    dom = vms.define(conn, "broker-test-serial-bare", vms.TCP, extra=SERIAL_CONSOLE)
     yield dom
     vms.remove(conn, dom.name())
 
@@ -431,7 +438,7 @@ def open_terminal(page, stack, dom) -> None:
 
 def run(page, command: str, expect: str, timeout: float = 15.0) -> str:
     """Type a command into the terminal and wait for `expect` (a regex) in its output."""
-    page.click("#screen")
+    page.click(".xterm-screen")
     page.keyboard.type(command, delay=10)
     page.keyboard.press("Enter")
     return wait_text(page, expect, timeout)
@@ -519,3 +526,28 @@ def test_reload_and_reconnect_need_no_new_link(stack, serial_vm, browser, page) 
         time.sleep(0.3)
     wait_state(page, "connected")
     run(page, "echo after-reconnect", r"\nafter-reconnect")
+
+
+def test_no_history_then_the_vm_stops(stack, bare_serial_vm, page) -> None:
+    open_terminal(page, stack, bare_serial_vm)
+    assert page.get_attribute("body", "data-history") == "unavailable"
+    wait_text(page, "No earlier output is available")
+    bare_serial_vm.destroy()
+    wait_state(page, "disconnected", timeout=5_000)
+    assert page.get_attribute("body", "data-close-code") == "4300"
+    assert "stopped" in page.inner_text("#status")
+    assert page.is_hidden("#take-over")
+
+
+def test_after_the_window_the_page_says_why(conn, bare_serial_vm, page, tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "state", extra_env={"BROKER_SESSION_WINDOW": "3"})
+    try:
+        link = broker.mint(bare_serial_vm.name(), kind="serial", console="serial0")
+        page.goto(link["console_url"])
+        wait_state(page, "connected")
+        time.sleep(3.5)
+        page.reload()
+        wait_state(page, "error")
+        assert "expired" in page.inner_text("#status").lower()
+    finally:
+        broker.stop()
