@@ -223,6 +223,12 @@ def test_keys_and_a_pasted_block_reach_the_broker_as_bytes(fake: FakeSerial, fre
     page.select_option("#keys", "ctrl-c")
     sent = wait_sent(fake, b"\x03")
     assert b"\n" not in sent, "a line feed reached the guest: terminals send CR"
+    # A guest that asks for bracketed paste gets pastes bracketed.
+    fake.send(b"\x1b[?2004h")
+    page.wait_for_function("() => term.modes.bracketedPasteMode")
+    page.fill("#clipboard-text", "a\nb")
+    page.click("#clipboard-send")
+    wait_sent(fake, b"\x1b[200~a\rb\x1b[201~")
 
 
 def test_copy_puts_the_selection_on_the_clipboard(fake: FakeSerial, fresh_page) -> None:
@@ -309,8 +315,12 @@ def test_fit_to_window_shows_the_stty_command(fake: FakeSerial, fresh_page) -> N
     assert page.inner_text("#size-command") == command
     page.wait_for_function(f"() => term.cols === {cols}")  # nothing pending
     assert fake.connections[0].sent_controls()[-1] == {"type": "resize", "cols": cols, "rows": rows}
+    # Typed, not pasted: even a shell in bracketed-paste mode runs it at once.
+    fake.send(b"\x1b[?2004h")
+    page.wait_for_function("() => term.modes.bracketedPasteMode")
     page.click("#size-send")
-    wait_sent(fake, f"{command}\r".encode())
+    sent = wait_sent(fake, f"{command}\r".encode())
+    assert b"\x1b[200~" not in sent
     # A smaller window: the terminal follows, and so does the command.
     page.set_viewport_size({"width": 800, "height": 600})
     page.wait_for_function(f"() => term.cols < {cols}")

@@ -349,8 +349,10 @@ term.options.fontSize = Number(ui.fontSize.value);
 applyScrollback();
 applySize();
 
+// Typed, not pasted: a shell in bracketed-paste mode would hold a pasted line back
+// until Enter, and this button is meant to run it.
 ui.sizeSend.addEventListener('click', () => {
-    term.paste(`${sttyCommand()}\n`);
+    sendBytes(encoder.encode(`${sttyCommand()}\r`));
     term.focus();
 });
 
