@@ -11,7 +11,6 @@ a shell on its serial console.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +25,8 @@ from support.processes import start_broker
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_GUEST_DIR = Path("/var/cache/vm-console-broker/tiny-guest")  # as in conftest.py
-PROMPT_TIMEOUT = 90  # the tiny guest boots its kernel under TCG
-SERIAL_CONSOLE = "<serial type='pty'><target port='0'/></serial>"
+PROMPT = "tiny# "  # the tiny guest's shell on ttyS0 (contrib/tiny-guest.sh)
+PROMPT_TIMEOUT = 90  # it boots a kernel under TCG
 
 
 def wait_state(page, state: str, timeout: float = 20_000) -> None:
@@ -278,7 +275,7 @@ def test_busy_console_without_take_over_permission_says_who_can(fresh_page) -> N
         page.goto(fake.page_url)
         wait_state(page, "disconnected")
         assert page.is_hidden("#take-over")
-        assert "an operator can end the other session" in page.inner_text("#status")
+        assert "An operator can end the other session." in page.inner_text("#status")
 
 
 @pytest.mark.parametrize(
@@ -399,28 +396,17 @@ def test_a_serial_session_on_the_vnc_page_goes_to_the_terminal_page(fake: FakeSe
 
 
 @pytest.fixture(scope="session")
-def serial_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) -> Iterator[libvirt.virDomain]:
-    """The tiny guest with a shell on ttyS0, its serial console logged (boot history)."""
-    subprocess.run(["bash", str(REPO / "contrib" / "tiny-guest.sh"), str(TINY_GUEST_DIR)], check=True)
-    log = tmp_path_factory.mktemp("serial") / "serial0.log"
-    os_xml = (
-        f"<kernel>{TINY_GUEST_DIR / 'vmlinuz'}</kernel><initrd>{TINY_GUEST_DIR / 'initrd.gz'}</initrd>"
-        "<cmdline>console=ttyS0 quiet</cmdline>"
-    )
-    extra = f"<serial type='pty'><log file='{log}'/><target port='0'/></serial>"
-    dom = vms.define(conn, "broker-test-serial-page", vms.TCP, memory_mib=256, os_xml=os_xml, extra=extra)
-    deadline = time.monotonic() + PROMPT_TIMEOUT
-    while "TINY-GUEST-READY" not in (log.read_text(errors="replace") if log.exists() else ""):
-        assert time.monotonic() < deadline, f"the tiny guest did not boot in {PROMPT_TIMEOUT} s"
-        time.sleep(0.5)
-    yield dom
-    vms.remove(conn, dom.name())
+def serial_vm(tiny_vm: tuple[libvirt.virDomain, Path]) -> libvirt.virDomain:
+    """conftest's tiny guest (a shell on its logged serial PTY), once its shell is up."""
+    dom, log = tiny_vm
+    vms.wait_for_line(str(log), PROMPT, timeout=PROMPT_TIMEOUT)
+    return dom
 
 
 @pytest.fixture
 def bare_serial_vm(conn: libvirt.virConnect) -> Iterator[libvirt.virDomain]:
     """A SeaBIOS-only domain with a serial console and no log: nothing to replay."""
-    dom = vms.define(conn, "broker-test-serial-bare", vms.TCP, extra=SERIAL_CONSOLE)
+    dom = vms.define(conn, "broker-test-serial-bare", vms.TCP, extra=vms.serial_pty())
     yield dom
     vms.remove(conn, dom.name())
 
@@ -489,6 +475,9 @@ def test_take_over_between_two_browsers(stack, serial_vm, browser, page) -> None
         wait_state(second, "disconnected")
         assert second.get_attribute("body", "data-close-code") == "4208"
         assert second.is_visible("#take-over")
+        # The broker's reason says what to do; the page adds nothing to it.
+        status = second.inner_text("#status")
+        assert status.count("Take over") == 1, status
         second.click("#take-over")
         wait_state(second, "connected")
         wait_state(page, "disconnected")

@@ -236,17 +236,20 @@ function closed(ws, event) {
     clearTimeout(settle);
     document.body.dataset.closeCode = String(event.code);
     const busy = event.code === BUSY || event.code === TAKEN_OVER;
-    const advice = busy ? ` ${takeOverAdvice(event.code)}` : '';
-    setState('disconnected', `Disconnected: ${closeReason(event, SERIAL_REASONS)}${advice}`);
+    const advice = busy ? takeOverAdvice(event) : '';
+    setState('disconnected', `Disconnected: ${closeReason(event, SERIAL_REASONS)}${advice && ` ${advice}`}`);
     ui.takeOver.hidden = !(busy && session && session.may_take_over);
 }
 
-function takeOverAdvice(code) {
+// What the user can do about a console someone else holds. The broker's busy reason
+// already says whether this link may take it over; without one (a proxy dropped it)
+// we say it. Who can act when this link may not: an operator, who can end the other
+// session (a `virsh console` left open, another user's page).
+function takeOverAdvice(event) {
     const may = session && session.may_take_over;
-    if (code === BUSY) {
-        return may
-            ? 'Take over to end the other session and use the console here.'
-            : 'This link may not take the console over; an operator can end the other session.';
+    if (event.code === BUSY) {
+        if (may) return event.reason ? '' : 'Take over to end the other session and use the console here.';
+        return `${event.reason ? '' : 'This link may not take the console over. '}An operator can end the other session.`;
     }
     return may
         ? 'Take over to get it back (that ends the other session).'
