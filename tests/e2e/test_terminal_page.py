@@ -298,6 +298,38 @@ def test_every_close_shows_a_reason(fake: FakeSerial, fresh_page, code: int, rea
     assert page.is_hidden("#take-over")
 
 
+def test_a_broker_that_stops_answering_is_noticed(fake: FakeSerial, fresh_page) -> None:
+    """The page pings every 20 s; a ping unanswered for 30 s ends the connection."""
+    page = fresh_page
+    page.clock.install()
+    page.goto(fake.page_url)
+    wait_state(page, "connected")
+
+    def pings() -> int:
+        return sum(1 for c in fake.connections[0].sent_controls() if c == {"type": "ping"})
+
+    def wait_pings(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while pings() < count:
+            assert time.monotonic() < deadline, f"{pings()} ping(s), not {count}"
+            time.sleep(0.05)
+
+    page.clock.fast_forward(20_000)
+    wait_pings(1)
+    fake.send({"type": "pong"})
+    page.wait_for_timeout(200)  # the pong is read (timers run, at the real pace, between jumps)
+    page.clock.fast_forward(20_000)
+    wait_pings(2)  # answered, so a new one
+    page.clock.fast_forward(20_000)  # unanswered for 20 s: still waiting
+    page.wait_for_timeout(200)
+    assert page.get_attribute("body", "data-state") == "connected"
+    assert pings() == 2
+    page.clock.fast_forward(20_000)
+    wait_state(page, "disconnected")
+    assert "No answer from the broker" in page.inner_text("#status")
+    assert page.is_enabled("#reconnect")
+
+
 def test_fit_to_window_shows_the_stty_command(fake: FakeSerial, fresh_page) -> None:
     page = fresh_page
     page.goto(fake.page_url)

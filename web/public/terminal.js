@@ -61,10 +61,12 @@ const KEYS = {
     'left': () => arrow('D'),
 };
 
-// A quiet console still answers our pings; nothing at all for this long means the
+// A quiet console still answers our pings; a ping unanswered for this long means the
 // connection is gone (a laptop that slept, a proxy that dropped it without a close).
+// Counted from the ping, not from the last message: a hidden tab's timers may run only
+// once a minute.
 const PING_EVERY_MS = 20_000;
-const SILENCE_LIMIT_MS = 60_000;
+const PONG_WAIT_MS = 30_000;
 const SETTLE_MS = 2_000;
 
 const encoder = new TextEncoder();
@@ -72,6 +74,7 @@ let session = null;    // the ./session answer
 let socket = null;     // the current WebSocket; null while disconnected
 let replaying = false; // earlier output is being written: the terminal's answers to old queries must not reach the guest
 let lastHeard = 0;     // when the broker last sent anything
+let pingSent = 0;      // when our unanswered ping went out; 0: none outstanding
 let pinger = 0;
 let settle = 0;
 
@@ -158,6 +161,7 @@ function connect(takeover) {
 function opened(ws) {
     if (ws !== socket) return;
     lastHeard = Date.now();
+    pingSent = 0;
     pinger = setInterval(keepalive, PING_EVERY_MS);
     settle = setTimeout(() => ready(ws), SETTLE_MS);
     delete document.body.dataset.history;
@@ -260,12 +264,16 @@ function takeOverAdvice(event) {
 // nothing tells us that it is, short of an answer.
 function keepalive() {
     if (!socket) return;
-    if (Date.now() - lastHeard > SILENCE_LIMIT_MS) {
+    const now = Date.now();
+    if (pingSent && lastHeard < pingSent) {
+        if (now - pingSent < PONG_WAIT_MS) return;  // still waiting
         const ws = socket;
-        closed(ws, { code: 1006, reason: `No answer from the broker for ${SILENCE_LIMIT_MS / 1000} s; the connection is lost.` });
+        const seconds = Math.round((now - lastHeard) / 1000);
+        closed(ws, { code: 1006, reason: `No answer from the broker for ${seconds} s; the connection is lost.` });
         ws.close();
         return;
     }
+    pingSent = now;
     sendControl({ type: 'ping' });
 }
 
