@@ -219,6 +219,8 @@ function live() {
     });
 }
 
+// Today's broker writes its own dim notice into the byte stream where it dropped
+// output; this is the control message of the agreed contract, should it send one.
 function dropped(bytes) {
     notice('7', `[${formatBytes(bytes)} of output dropped here: this browser did not read fast enough]`);
 }
