@@ -115,11 +115,12 @@ def test_history_then_live_output_split_mid_character(fake: FakeSerial, fresh_pa
 def test_no_history_and_dropped_output_are_shown(fake: FakeSerial, fresh_page) -> None:
     page = fresh_page
     hint = "Add <log file='/var/log/libvirt/qemu/web-1-serial0.log'/> to the serial device."
-    fake.greeting = [{"type": "history", "available": False, "hint": hint + "\x1b[2J"}, b"login: "]
+    fake.greeting = [{"type": "history", "available": False, "hint": hint + "\x1b[2J"}, {"type": "live"}, b"login: "]
     page.goto(fake.page_url)
     wait_state(page, "connected")
     assert page.get_attribute("body", "data-history") == "unavailable"
     text = wait_text(page, "login: ")
+    assert page.get_attribute("body", "data-history") == "unavailable"
     # The hint's escape sequence was shown as text, not obeyed (it would clear the screen).
     assert "No earlier output is available" in text
     assert "web-1-serial0.log'/> to the serial device. [2J]" in text.replace("\n", "")

@@ -210,10 +210,15 @@ function history(message) {
     notice('2', `[No earlier output is available.${hint}]`);
 }
 
+// The broker sends this after the history message either way; only after a replay is
+// there anything to wait for.
 function live() {
+    if (!replaying) return;
     // The write queue is parsed later; once everything before this point is, the
-    // terminal's answers are to the live guest again.
+    // terminal's answers are to the live guest again (on this connection, if still ours).
+    const ws = socket;
     term.write('', () => {
+        if (ws !== socket) return;
         replaying = false;
         document.body.dataset.history = 'replayed';
     });
