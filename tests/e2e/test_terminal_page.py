@@ -409,6 +409,20 @@ def test_phone_sized_screen(fake: FakeSerial, browser, artifacts: Path) -> None:
         context.close()
 
 
+@pytest.mark.parametrize(
+    ("page_name", "missing"),
+    [("terminal", "**/xterm/xterm/lib/xterm.mjs"), ("terminal", "**/static/terminal.js"), ("", "**/core/rfb.js")],
+)
+def test_scripts_that_do_not_load_are_reported(fake: FakeSerial, fresh_page, page_name: str, missing: str) -> None:
+    """Either page (the VNC page too) says so instead of "Loading…" for ever."""
+    page = fresh_page
+    page.route(missing, lambda route: route.fulfill(status=404, body="Not Found"))
+    page.goto(fake.page_url.removesuffix("terminal") + page_name)
+    wait_state(page, "error")
+    assert "could not load its scripts" in page.inner_text("#status")
+    assert not fake.connections
+
+
 def test_a_vnc_session_on_the_terminal_page_goes_to_the_vnc_page(fresh_page) -> None:
     page = fresh_page
     with fake_serial(kind="vnc") as fake:
