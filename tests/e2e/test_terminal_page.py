@@ -364,6 +364,18 @@ def test_fit_to_window_shows_the_stty_command(fake: FakeSerial, fresh_page) -> N
     assert page.is_hidden("#size-note")
 
 
+def test_fullscreen_takes_the_toolbar_along(fake: FakeSerial, fresh_page) -> None:
+    page = fresh_page
+    page.goto(fake.page_url)
+    wait_state(page, "connected")
+    page.click("#fullscreen")
+    page.wait_for_function("() => document.fullscreenElement && document.fullscreenElement.id === 'app'")
+    assert page.inner_text("#fullscreen") == "Exit fullscreen"
+    page.click("#fullscreen")
+    page.wait_for_function("() => !document.fullscreenElement")
+    assert page.inner_text("#fullscreen") == "Fullscreen"
+
+
 def test_scrollback_and_font_size_settings(fake: FakeSerial, fresh_page) -> None:
     page = fresh_page
     page.goto(fake.page_url)
@@ -504,6 +516,9 @@ def test_a_multibyte_line_from_the_guest(stack, serial_vm, page) -> None:
     text = run(page, r"printf 'M:\303\274\342\234\223\344\270\226\360\237\231\202:E\n'", r"\nM:.*:E")
     assert "\nM:ü✓世🙂:E" in text
     assert "\ufffd" not in text
+    # And drawn so: the row on screen holds the same characters (wide ones padded).
+    rows = page.eval_on_selector_all(".xterm-rows > div", "rows => rows.map((r) => r.textContent)")
+    assert any(re.sub(r"\s", "", row) == "M:ü✓世🙂:E" for row in rows), rows
 
 
 def test_a_block_pasted_into_the_guest(stack, serial_vm, page) -> None:
