@@ -122,8 +122,9 @@ def test_no_history_and_dropped_output_are_shown(fake: FakeSerial, fresh_page) -
     text = wait_text(page, "login: ")
     assert page.get_attribute("body", "data-history") == "unavailable"
     # The hint's escape sequence was shown as text, not obeyed (it would clear the screen).
-    assert "No earlier output is available" in text
-    assert "web-1-serial0.log'/> to the serial device. [2J]" in text.replace("\n", "")
+    assert "[Add <log file='/var/log/libvirt/qemu/web-1-serial0.log'/> to the serial device. [2J]" in text.replace(
+        "\n", ""
+    )
     fake.send(b"\x1b[31", {"type": "dropped", "bytes": 5 * 1024 * 1024}, b"after\r\n")
     text = wait_text(page, "after")
     assert "5.0 MiB of output dropped here" in text
@@ -592,7 +593,7 @@ def test_reload_and_reconnect_need_no_new_link(stack, serial_vm, browser, page) 
 def test_no_history_then_the_vm_stops(stack, bare_serial_vm, page) -> None:
     open_terminal(page, stack, bare_serial_vm)
     assert page.get_attribute("body", "data-history") == "unavailable"
-    wait_text(page, "No earlier output is available")
+    wait_text(page, r"<log file=")  # the broker's hint: how to keep a history
     bare_serial_vm.destroy()
     wait_state(page, "disconnected", timeout=5_000)
     assert page.get_attribute("body", "data-close-code") == "4300"

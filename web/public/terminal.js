@@ -205,9 +205,9 @@ function history(message) {
         term.write('\x1bc');
         return;
     }
+    // The broker's hint says that there is no history and how to keep one.
     document.body.dataset.history = 'unavailable';
-    const hint = message.hint ? ` ${message.hint}` : '';
-    notice('2', `[No earlier output is available.${hint}]`);
+    notice('2', `[${message.hint || 'No earlier output is available.'}]`);
 }
 
 // The broker sends this after the history message either way; only after a replay is
