@@ -181,7 +181,7 @@ def test_colours_and_cell_size_survive_the_content_security_policy(fake: FakeSer
             return {
                 plain: getComputedStyle(row).color, red: style('red').color, rgb: style('rgb').color,
                 font: getComputedStyle(row).fontFamily, rowHeight: row.getBoundingClientRect().height,
-                cellHeight: term._core._renderService.dimensions.css.cell.height,
+                cellHeight: document.querySelector('.xterm-screen').getBoundingClientRect().height / term.rows,
             };
         }"""
     )
