@@ -371,10 +371,10 @@ def test_fullscreen_takes_the_toolbar_along(fake: FakeSerial, fresh_page) -> Non
     wait_state(page, "connected")
     page.click("#fullscreen")
     page.wait_for_function("() => document.fullscreenElement && document.fullscreenElement.id === 'app'")
-    assert page.inner_text("#fullscreen") == "Exit fullscreen"
+    page.wait_for_function("() => document.querySelector('#fullscreen').textContent === 'Exit fullscreen'")
     page.click("#fullscreen")
     page.wait_for_function("() => !document.fullscreenElement")
-    assert page.inner_text("#fullscreen") == "Fullscreen"
+    page.wait_for_function("() => document.querySelector('#fullscreen').textContent === 'Fullscreen'")
 
 
 def test_scrollback_and_font_size_settings(fake: FakeSerial, fresh_page) -> None:
