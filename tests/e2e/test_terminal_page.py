@@ -286,6 +286,7 @@ def test_busy_console_without_take_over_permission_says_who_can(fresh_page) -> N
         (4300, "", "The virtual machine stopped."),
         (4105, "", "session has expired"),
         (1001, "The broker is shutting down; reconnect in a moment.", "shutting down"),
+        (4304, "", "took exclusive control"),
         (4999, "", "code 4999"),
     ],
 )
@@ -298,6 +299,26 @@ def test_every_close_shows_a_reason(fake: FakeSerial, fresh_page, code: int, rea
     assert expected in page.inner_text("#status")
     assert page.is_enabled("#reconnect")
     assert page.is_hidden("#take-over")
+
+
+def test_a_view_only_link_offers_no_input(fresh_page) -> None:
+    page = fresh_page
+    with fake_serial(mode="view-only") as fake:
+        page.goto(fake.page_url)
+        wait_state(page, "connected")
+        assert page.is_visible("#view-only-badge")
+        assert page.get_attribute("body", "data-mode") == "view-only"
+        assert page.inner_text("#status") == "Connected (view only)"
+        for control in ("#keys", "#clipboard-text", "#clipboard-send"):
+            assert page.is_disabled(control), control
+        page.click(".xterm-screen")
+        page.keyboard.type("reboot")
+        page.keyboard.press("Enter")
+        fake.send(b"\x1b[6n")  # not even the terminal's answers go out
+        page.wait_for_timeout(500)
+        assert fake.connections[0].sent_bytes() == b""
+        # Control messages still do: the broker may log the size.
+        assert fake.connections[0].sent_controls()[0]["type"] == "resize"
 
 
 def test_a_broker_that_stops_answering_is_noticed(fake: FakeSerial, fresh_page) -> None:
@@ -588,6 +609,26 @@ def test_reload_and_reconnect_need_no_new_link(stack, serial_vm, browser, page) 
         time.sleep(0.3)
     wait_state(page, "connected")
     run(page, "echo after-reconnect", r"\nafter-reconnect")
+
+
+def test_a_view_only_link_watches_but_types_nothing(stack, serial_vm, page) -> None:
+    broker, nginx = stack
+    response = httpx.post(
+        f"{nginx.url}/novnc/api/v1/domains/{serial_vm.name()}/console",
+        headers={"Authorization": f"Bearer {broker.api_key}"},
+        json={"kind": "serial", "mode": "view-only"},
+    )
+    assert response.status_code == 201, response.text
+    page.goto(response.json()["console_url"])
+    wait_state(page, "connected")
+    assert page.inner_text("#status") == "Connected (view only)"
+    page.wait_for_selector("body[data-history='replayed']", timeout=10_000)
+    wait_text(page, PROMPT.strip())  # it does show the console
+    page.click(".xterm-screen")
+    page.keyboard.type("echo viewonly-$((5*5))", delay=10)
+    page.keyboard.press("Enter")
+    time.sleep(2)
+    assert "viewonly" not in screen_text(page)
 
 
 def test_no_history_then_the_vm_stops(stack, bare_serial_vm, page) -> None:

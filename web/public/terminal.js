@@ -35,6 +35,7 @@ const ui = {
     sizeText: $('size-text'),
     sizeCommand: $('size-command'),
     sizeSend: $('size-send'),
+    viewOnlyBadge: $('view-only-badge'),
 };
 
 // Close reasons that name the serial console; the rest are shared with the VNC page.
@@ -71,6 +72,9 @@ const SETTLE_MS = 2_000;
 
 const encoder = new TextEncoder();
 let session = null;    // the ./session answer
+// The link's mode, from the broker: a view-only link's input is dropped by the broker;
+// the page just does not offer (or send) what would be dropped.
+let viewOnly = false;
 let socket = null;     // the current WebSocket; null while disconnected
 let replaying = false; // earlier output is being written: the terminal's answers to old queries must not reach the guest
 let lastHeard = 0;     // when the broker last sent anything
@@ -104,7 +108,7 @@ function setState(state, message) {
     document.body.dataset.state = state;
     ui.status.textContent = message;
     const live = state === 'connected';
-    document.querySelectorAll('.needs-connection').forEach((el) => { el.disabled = !live; });
+    document.querySelectorAll('.needs-connection').forEach((el) => { el.disabled = !live || viewOnly; });
     ui.reconnect.disabled = state === 'connecting' || state === 'connected';
     if (state !== 'disconnected') ui.takeOver.hidden = true;
 }
@@ -133,6 +137,11 @@ async function start(takeover = false) {
         return;
     }
     session = body;
+    viewOnly = body.mode === 'view-only';
+    document.body.dataset.mode = body.mode || 'interactive';
+    ui.viewOnlyBadge.hidden = !viewOnly;
+    ui.clipboardText.disabled = viewOnly;
+    term.options.disableStdin = viewOnly;  // no keystrokes, pastes or answers to send
     ui.name.textContent = body.domain.name;
     const device = body.console ? `console ${body.console}; ` : '';
     ui.name.title = `UUID ${body.domain.uuid}; ${device}session valid until ${new Date(body.expires_at).toLocaleString()}`;
@@ -172,7 +181,7 @@ function opened(ws) {
 function ready(ws) {
     clearTimeout(settle);
     if (ws !== socket || document.body.dataset.state === 'connected') return;
-    setState('connected', 'Connected');
+    setState('connected', viewOnly ? 'Connected (view only)' : 'Connected');
     term.focus();
 }
 
@@ -285,6 +294,7 @@ function keepalive() {
 }
 
 function sendBytes(bytes) {
+    if (viewOnly) return;
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(bytes);
 }
 
