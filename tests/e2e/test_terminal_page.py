@@ -66,6 +66,17 @@ def wait_sent(fake: FakeSerial, expected: bytes, connection: int = 1, timeout: f
         time.sleep(0.05)
 
 
+def wait_controls(fake: FakeSerial, connection: int = 1, count: int = 1, timeout: float = 10.0) -> list[dict]:
+    """The control messages the page sent on a connection, once there are `count`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        controls = fake.wait_connections(connection).sent_controls()
+        if len(controls) >= count:
+            return controls
+        assert time.monotonic() < deadline, f"{len(controls)} control message(s), not {count}: {controls}"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeSerial]:
     with fake_serial() as server:
@@ -107,7 +118,7 @@ def test_history_then_live_output_split_mid_character(fake: FakeSerial, fresh_pa
     assert "boot: Grüße ✓\nlive: ü ✓ 世界 ok" in text
     assert "\ufffd" not in text
     # The page tells the broker its size when it connects.
-    assert fake.connections[0].sent_controls()[0] == {"type": "resize", "cols": 80, "rows": 24}
+    assert wait_controls(fake)[0] == {"type": "resize", "cols": 80, "rows": 24}
     page.screenshot(path=str(artifacts / "terminal-stand-in.png"))
     assert not page.js_errors
 
@@ -148,7 +159,7 @@ def test_reconnect_replays_history_instead_of_repeating_it(fake: FakeSerial, fre
     page.wait_for_selector("body[data-history='replayed']")
     text = screen_text(page).rstrip("\n")
     assert text == "kernel: booted\n/ # ", text  # the old screen and scrollback gave way to the replay
-    assert fake.wait_connections(2).sent_controls()[0] == {"type": "resize", "cols": 80, "rows": 24}
+    assert wait_controls(fake, connection=2)[0] == {"type": "resize", "cols": 80, "rows": 24}
 
 
 def test_replayed_queries_get_no_answer(fake: FakeSerial, fresh_page) -> None:
@@ -318,7 +329,7 @@ def test_a_view_only_link_offers_no_input(fresh_page) -> None:
         page.wait_for_timeout(500)
         assert fake.connections[0].sent_bytes() == b""
         # Control messages still do: the broker may log the size.
-        assert fake.connections[0].sent_controls()[0]["type"] == "resize"
+        assert wait_controls(fake)[0]["type"] == "resize"
 
 
 def test_a_broker_that_stops_answering_is_noticed(fake: FakeSerial, fresh_page) -> None:
@@ -365,8 +376,12 @@ def test_fit_to_window_shows_the_stty_command(fake: FakeSerial, fresh_page) -> N
     assert cols > 80 and rows > 24, (cols, rows)
     command = f"stty rows {rows} cols {cols}"
     assert page.inner_text("#size-command") == command
-    page.wait_for_function(f"() => term.cols === {cols}")  # nothing pending
-    assert fake.connections[0].sent_controls()[-1] == {"type": "resize", "cols": cols, "rows": rows}
+    # The broker hears the new size (the frame may still be on its way).
+    resize = {"type": "resize", "cols": cols, "rows": rows}
+    deadline = time.monotonic() + 10
+    while fake.connections[0].sent_controls()[-1] != resize:
+        assert time.monotonic() < deadline, fake.connections[0].sent_controls()
+        time.sleep(0.05)
     # Typed, not pasted: even a shell in bracketed-paste mode runs it at once.
     fake.send(b"\x1b[?2004h")
     page.wait_for_function("() => term.modes.bracketedPasteMode")
