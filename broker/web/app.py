@@ -675,6 +675,9 @@ def create_app(broker: Broker) -> Starlette:
     novnc = broker.web_dir / "node_modules" / "@novnc" / "novnc"
     if novnc.is_dir():
         routes.append(Mount("/static/novnc", WithHeaders(StaticFiles(directory=novnc), STATIC_HEADERS)))
+    xterm = broker.web_dir / "node_modules" / "@xterm"
+    if xterm.is_dir():
+        routes.append(Mount("/static/xterm", WithHeaders(StaticFiles(directory=xterm), STATIC_HEADERS)))
     if (broker.web_dir / "public").is_dir():
         routes.append(Mount("/static", WithHeaders(StaticFiles(directory=broker.web_dir / "public"), STATIC_HEADERS)))
 

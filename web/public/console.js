@@ -9,6 +9,7 @@
 
 import RFB from './novnc/core/rfb.js';
 import KeyTable from './novnc/core/input/keysym.js';
+import { closeReason } from './closecodes.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -26,38 +27,13 @@ const ui = {
     viewOnlyBadge: $('view-only-badge'),
 };
 
-// What the broker's WebSocket close codes mean (broker/errors.py). The broker sends
-// a reason with every close, so these are only the fallback when a proxy drops it.
-const CLOSE_REASONS = {
-    4100: 'No console link token was given.',
-    4101: 'This console link is not valid.',
-    4102: 'This console link has expired; ask for a new one.',
-    4103: 'This console link was already used; ask for a new one.',
-    4104: 'The virtual machine stopped after this link was made; ask for a new one.',
-    4105: 'This console session has expired; ask for a new console link.',
-    4106: 'Consoles cannot be opened from this web page’s origin.',
-    4200: 'The virtual machine does not exist (any more).',
-    4201: 'The virtual machine is not running.',
+// Close reasons that say "VNC"; the rest are shared with the terminal page.
+const VNC_REASONS = {
     4202: 'The virtual machine has no VNC console.',
     4203: 'The VNC console could not be reached.',
-    4204: 'libvirt is not reachable right now.',
-    4205: 'libvirt refused the request.',
     4206: 'The VM’s VNC server refused the password libvirt has for it.',
     4207: 'The VNC handshake failed.',
-    4300: 'The virtual machine stopped.',
     4301: 'The VNC server closed the connection.',
-    4302: 'The broker only relays binary WebSocket messages.',
-    4305: 'An administrator ended this console session.',
-    4400: 'The broker serves as many consoles as it may; try again later.',
-    4401: 'This console already has as many viewers as allowed.',
-    4402: 'Too many consoles are being opened at once; try again in a moment.',
-    4403: 'The console was closed after a time without input.',
-    4404: 'The console reached its maximum session length.',
-    1000: 'The connection was closed.',
-    1001: 'The broker is shutting down; try again in a moment.',
-    1005: 'The connection was closed without a reason.',
-    1006: 'Connection lost (network or proxy).',
-    1011: 'The broker hit an internal error.',
 };
 
 // Key combinations for the "Other keys" menu: [keysym, KeyboardEvent.code] pairs,
@@ -107,6 +83,12 @@ async function start() {
     if (!response.ok || !body || !body.domain) {
         const message = body && body.error && body.error.message;
         setState('error', message || `The console session could not be opened (HTTP ${response.status}).`);
+        return;
+    }
+    // A serial console's session opened on this page (an old bookmark, a hand-made URL):
+    // its socket does not speak VNC, so go to the terminal page.
+    if (body.kind === 'serial') {
+        location.replace('./terminal');
         return;
     }
     viewOnly = body.mode === 'view-only';
@@ -161,8 +143,7 @@ function closed(ws, event, ended) {
     // disconnecting first (we run before RFB's own close handler) makes it one.
     if (!ended) rfb.disconnect();
     document.body.dataset.closeCode = String(event.code);
-    const reason = event.reason || failure || CLOSE_REASONS[event.code]
-        || `The connection was closed (code ${event.code}).`;
+    const reason = event.reason || failure || closeReason(event, VNC_REASONS);
     setState('disconnected', `Disconnected: ${reason}`);
 }
 
