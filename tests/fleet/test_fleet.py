@@ -287,3 +287,27 @@ def test_a_map_line_pointing_at_another_hosts_broker_fails_on_its_name(fleet: Fl
         assert "upstream SSL certificate does not match" in (fleet.front.directory / "error.log").read_text()
     finally:
         reload_front(fleet, original, "/h/hv4/healthz", 404)
+
+
+def test_chromium_opens_a_serial_console_through_the_front(fleet: Fleet, fleet_vms, page, artifacts: Path) -> None:
+    """The terminal page, its xterm.js files and its WebSocket all through the one front."""
+    link = mint_through_front(fleet, "hv1", fleet_vms["hv1"], kind="serial")
+    page.goto(link["console_url"])
+    wait_state(page, "connected")
+    assert page.url.startswith(f"{fleet.front_url}/h/hv1/console/{link['domain']['uuid']}/terminal")
+    deadline = time.monotonic() + 20
+    while f"Machine UUID {link['domain']['uuid']}" not in (text := terminal_text(page)):
+        assert time.monotonic() < deadline, f"the VM's boot text is not on the page: {text[-300:]!r}"
+        time.sleep(0.2)
+    page.screenshot(path=str(artifacts / "fleet-hv1-serial.png"))
+
+
+def terminal_text(page) -> str:
+    return page.evaluate(
+        """() => {
+            const buffer = term.buffer.active;
+            const lines = [];
+            for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
+            return lines.join('\\n');
+        }"""
+    )
