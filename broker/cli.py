@@ -274,7 +274,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     settings = load_settings(args.config)
     server = args.server or os.environ.get("BROKER_SERVER")
     if server:
-        key = os.environ.get("BROKER_API_KEY") or (settings.api_keys[0] if settings.api_keys else None)
+        key = os.environ.get("BROKER_API_KEY") or _config_key(settings)
         if not key:
             raise CliError(
                 f"--server (or BROKER_SERVER) needs BROKER_API_KEY: the key in {settings.api_key_file} "
@@ -296,6 +296,11 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     return payload
 
 
+def _config_key(settings: Settings) -> str | None:
+    """The first API key the config gives in the clear (a digest cannot be sent)."""
+    return next((key.secret for key in settings.api_keys if key.secret), None)
+
+
 def _local_request(settings: Settings, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
     import http.client  # light, unlike httpx; it takes the socket we verified
 
@@ -306,9 +311,11 @@ def _local_request(settings: Settings, method: str, path: str, body: dict[str, A
     except StateError as exc:
         raise CliError(f"{exc} (to use a broker elsewhere: --server URL with BROKER_API_KEY)") from None
     try:
-        key = os.environ.get("BROKER_API_KEY") or (
-            settings.api_keys[0] if settings.api_keys else read_api_key(settings.api_key_file, owner)
-        )
+        key = os.environ.get("BROKER_API_KEY") or _config_key(settings)
+        if not key:
+            if settings.api_keys:
+                raise CliError("the config gives its API keys as sha256 digests only: set BROKER_API_KEY")
+            key = read_api_key(settings.api_key_file, owner)
     except StateError as exc:
         sock.close()
         raise CliError(f"{exc}: run as root (or as the broker's user), or set BROKER_API_KEY") from None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .access.keys import ApiKey, parse_keys
 from .access.limits import SessionLimits
 from .access.tokens import MIN_TTL
 from .sources.graphics import parse_target
@@ -37,7 +38,7 @@ class Settings:
     libvirt_timeout: float = 5.0
     state_dir: Path = DEFAULT_STATE_DIR
     public_url: str | None = None
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[ApiKey, ...] = ()
     token_ttl: float = 60.0
     token_max_ttl: float = 600.0
     session_window: float = 600.0
@@ -61,6 +62,11 @@ class Settings:
     # many bytes of a console's log are replayed on attach (0: none).
     serial_take_over: bool = True
     serial_history: int = 64 * 1024
+    # TLS on the TCP listener (broker/server/tls.py checks the files at start): certificate
+    # and key together; with a client CA, only clients holding a certificate from it connect.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     @property
     def limits(self) -> SessionLimits:
@@ -145,7 +151,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             libvirt_timeout=_positive("libvirt_timeout", raw.get("libvirt_timeout", s.libvirt_timeout)),
             state_dir=Path(str(raw.get("state_dir", s.state_dir))),
             public_url=str(raw["public_url"]).rstrip("/") if raw.get("public_url") else None,
-            api_keys=_keys(raw.get("api_keys", ())),
+            api_keys=parse_keys(raw.get("api_keys", ())),
             token_ttl=_positive("token_ttl", raw.get("token_ttl", s.token_ttl)),
             token_max_ttl=_positive("token_max_ttl", raw.get("token_max_ttl", s.token_max_ttl)),
             session_window=_positive("session_window", raw.get("session_window", s.session_window)),
@@ -170,6 +176,9 @@ def _validate(raw: dict[str, Any]) -> Settings:
             audit_log=str(raw["audit_log"]) if raw.get("audit_log") else None,
             metrics_listen=str(raw["metrics_listen"]) if raw.get("metrics_listen") else None,
             metrics_domain_label=_bool("metrics_domain_label", raw.get("metrics_domain_label", False)),
+            tls_cert=_path(raw.get("tls_cert")),
+            tls_key=_path(raw.get("tls_key")),
+            tls_client_ca=_path(raw.get("tls_client_ca")),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -193,9 +202,26 @@ def _validate(raw: dict[str, Any]) -> Settings:
         raise ConfigError(f"token_ttl ({s.token_ttl:g}) is larger than token_max_ttl ({s.token_max_ttl:g})")
     if s.public_url and not s.public_url.startswith(("http://", "https://")):
         raise ConfigError(f"public_url must start with http:// or https://, got {s.public_url!r}")
+    _check_tls(s)
     if s.log_level not in {"critical", "error", "warning", "info", "debug"}:
         raise ConfigError(f"log_level must be one of critical, error, warning, info, debug; got {s.log_level!r}")
     return s
+
+
+def _path(value: Any) -> Path | None:
+    return Path(str(value)) if value not in (None, "") else None
+
+
+def _check_tls(s: Settings) -> None:
+    """The TLS settings fit together; their files are checked when the server starts."""
+    if s.tls_cert and not s.tls_key:
+        raise ConfigError("tls_cert is set but tls_key is not: give the certificate's private key too")
+    if s.tls_key and not s.tls_cert:
+        raise ConfigError("tls_key is set but tls_cert is not: give the certificate too")
+    if s.tls_client_ca and not s.tls_cert:
+        raise ConfigError("tls_client_ca needs tls_cert and tls_key: client certificates are asked for over TLS")
+    if s.tls_cert and s.uds:
+        raise ConfigError("tls_cert applies to the TCP listener (listen); the UNIX socket (uds) serves plain HTTP")
 
 
 def _number(name: str, value: Any) -> float:
@@ -317,11 +343,3 @@ def _static_consoles(value: Any) -> dict[str, str]:
         except ValueError as exc:
             raise ValueError(f"static_consoles.{name}: {exc}") from None
     return {str(name): str(target) for name, target in value.items()}
-
-
-def _keys(value: Any) -> tuple[str, ...]:
-    keys = _list(value)
-    for key in keys:
-        if len(key) < 16:
-            raise ValueError("every API key must be at least 16 characters long")
-    return keys

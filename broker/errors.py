@@ -60,6 +60,7 @@ SHUTTING_DOWN = Failure("shutting_down", 1001, 503, "The console broker is shutt
 
 # REST-only failures (never a WebSocket close).
 UNAUTHORIZED = Failure("unauthorized", 0, 401, "A valid API key is required (Authorization: Bearer <key>).")
+FORBIDDEN = Failure("forbidden", 0, 403, "This API key's scope does not allow that.")
 INVALID_INPUT = Failure("invalid_input", 0, 422, "The request is not valid.")
 RATE_LIMITED = Failure("rate_limited", 0, 429, "Too many console links were asked for with this API key; slow down.")
 SESSION_NOT_FOUND = Failure("session_not_found", 0, 404, "No live console session has that id (it may have ended).")

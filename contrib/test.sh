@@ -30,6 +30,9 @@ command -v nginx >/dev/null || extra+=" nginx-light"
 # rules) and rotate its audit trail with logrotate and contrib's file.
 command -v prometheus >/dev/null || extra+=" prometheus"
 command -v logrotate >/dev/null || extra+=" logrotate"
+# The fleet tests (tests/fleet) make network namespaces and certificates.
+command -v ip >/dev/null || extra+=" iproute2"
+command -v openssl >/dev/null || extra+=" openssl"
 BROKER_SETUP_EXTRA_APT="$extra" bash contrib/setup.sh
 bash contrib/libvirt-up.sh up
 

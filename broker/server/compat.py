@@ -25,7 +25,7 @@ class Requirement:
     library: str
     name: str  # what is used, as "module:Class.attribute"
     present: Callable[[], bool]
-    used_by: str  # "splice" (the WebSocket fast path) or "httpguard" (the HTTP guard)
+    used_by: str  # "splice" (the WebSocket fast path), "httpguard" (the HTTP guard) or "tls"
 
 
 def _attribute(path: str) -> Any:
@@ -116,6 +116,12 @@ REQUIREMENTS: list[Requirement] = [
     *_attributes("h11", "h11:Connection", ("trailing_data", "their_state", "our_state"), "httpguard"),
     # The handshake deadline asks the WebSocket protocol whether its handshake is done.
     *_stored("uvicorn", _SANSIO, "__init__", ("handshake_complete",), "httpguard"),
+    # TLS on the TCP listener only (broker/server/run.py BrokerServer.startup): the protocol
+    # factory uvicorn builds for its own listeners, and the list of servers it closes.
+    *_stored("uvicorn", "uvicorn.server:Server", "__init__", ("server_state",), "tls"),
+    *_stored("uvicorn", "uvicorn.server:Server", "_serve", ("lifespan",), "tls"),
+    *_stored("uvicorn", "uvicorn.server:Server", "startup", ("servers",), "tls"),
+    *_stored("uvicorn", "uvicorn.config:Config", "load", ("http_protocol_class",), "tls"),
 ]
 
 

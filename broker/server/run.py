@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from ..access.keys import ApiKey
 from ..access.pages import PagePasses
 from ..access.tokens import MemoryTokenStore, Tokens
 from ..config import Settings
@@ -38,11 +39,12 @@ from ..web.ops import MetricsListener, metrics_app
 from ..web.proxy import CliSocketRequests, ForwardedHeaders, TrustedProxies
 from . import compat
 from .httpguard import QuietLateResponses, guarded_http_protocol
+from .tls import ReloadableContext, TlsError, TlsFiles, describe
 
 log = logging.getLogger("broker.server")
 
 
-def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
+def ensure_api_keys(settings: Settings) -> tuple[ApiKey, ...]:
     """Configured keys, else the host's own key file, created (0600) on first start.
 
     The state dir is prepared and checked first, also with configured keys (server.json
@@ -62,7 +64,7 @@ def ensure_api_keys(settings: Settings) -> tuple[str, ...]:
         raise SystemExit(f"broker: {exc}") from None
     if not existed:
         log.info("created an API key in %s (mode 0600)", settings.api_key_file)
-    return (key,)
+    return (ApiKey.full("key1", key),)
 
 
 # Descriptors one console session may hold: the browser's and the VNC server's sockets, and
@@ -133,16 +135,56 @@ def bind_metrics_socket(settings: Settings) -> tuple[socket.socket, str] | None:
 
 
 class BrokerServer(uvicorn.Server):
-    """uvicorn would close WebSockets with 1012 and no reason; we say 1001 and why, first."""
+    """uvicorn would close WebSockets with 1012 and no reason; we say 1001 and why, first.
 
-    def __init__(self, config: uvicorn.Config, broker: Broker) -> None:
+    With TLS, only the TCP listener speaks it (uvicorn would put one context on every
+    socket, the CLI's too): uvicorn starts the plain ones, and we add the TLS one with the
+    same protocol factory uvicorn uses (its internals: compat.py, "tls").
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        broker: Broker,
+        tls: ReloadableContext | None = None,
+        tls_socket: socket.socket | None = None,
+        handshake_timeout: float = 10.0,
+    ) -> None:
         super().__init__(config)
         self.broker = broker
+        self.tls = tls
+        self.tls_socket = tls_socket
+        self.handshake_timeout = handshake_timeout
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        # SIGHUP reopens the audit log (logrotate); without one it is ignored, never fatal.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.broker.observe.audit.reopen)
-        await super().startup(sockets)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+        if self.tls is None or self.tls_socket is None or sockets is None:
+            await super().startup(sockets=sockets)
+            return
+        await super().startup(sockets=[s for s in sockets if s is not self.tls_socket])
+        if not self.started:
+            return
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop
+            )
+
+        tls_server = await loop.create_server(
+            create_protocol,
+            sock=self.tls_socket,
+            ssl=self.tls.context,
+            backlog=config.backlog,
+            ssl_handshake_timeout=self.handshake_timeout,  # a client that never finishes its hello
+        )
+        self.servers.append(tls_server)
+
+    def reload(self) -> None:
+        """SIGHUP: reopen the audit log (logrotate) and reload the TLS files; never fatal."""
+        self.broker.observe.audit.reopen()
+        if self.tls is not None:
+            self.tls.reload()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         ended = self.broker.end_all_sessions()
@@ -155,8 +197,28 @@ class BrokerServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
+def load_tls(settings: Settings) -> ReloadableContext | None:
+    """The TLS context from the settings' files, checked now: the broker does not start
+    with a certificate it cannot serve, or a key others can read."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    unmet = compat.missing("tls")
+    if unmet:
+        raise SystemExit(
+            f"broker: cannot serve TLS with {compat.versions()}: missing {', '.join(r.name for r in unmet)}"
+        )
+    files = TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    try:
+        context = ReloadableContext(files)
+        log.info("serving %s", describe(files))
+    except TlsError as exc:
+        raise SystemExit(f"broker: {exc}") from None
+    return context
+
+
 def serve(settings: Settings) -> None:
     logging.config.dictConfig(logging_config(settings.log_level))
+    tls = load_tls(settings)
     keys = ensure_api_keys(settings)
     raise_open_files_limit(settings.limits.max_sessions)
     targets = {name: parse_target(target) for name, target in settings.static_consoles.items()}
@@ -172,6 +234,8 @@ def serve(settings: Settings) -> None:
         raise SystemExit(f"broker: {exc}") from None
     metrics = bind_metrics_socket(settings)  # first: a taken port leaves no socket file behind
     sock, where = bind_socket(settings)
+    if tls is not None:
+        where["url"] = "https" + where["url"][len("http") :]
     uds_file = os.lstat(settings.uds) if settings.uds else None  # to remove only our own socket file
     broker = Broker(
         consoles,
@@ -225,7 +289,9 @@ def serve(settings: Settings) -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=3,
     )
-    server = BrokerServer(config, broker)
+    server = BrokerServer(
+        config, broker, tls=tls, tls_socket=sock if tls else None, handshake_timeout=settings.header_timeout
+    )
     # The CLI on this host finds the broker through server.json, and talks to it only over
     # the CLI socket: a key from the state dir never goes to a TCP port someone else may hold.
     server_file = write_server_file(settings.state_dir, {**where, "cli": str(cli_path), "pid": os.getpid()})

@@ -43,6 +43,7 @@ from ..errors import (
     VM_STOPPED,
     BrokerError,
 )
+from ..access.keys import LIST, ApiKey, match
 from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
 from .proxy import CLI_SOCKET_SCOPE_KEY
 from ..relay.pump import SPLICE_EXTENSION, RelayEnd, relay
@@ -127,7 +128,7 @@ class Broker:
         self,
         consoles: ConsoleSource,
         tokens: Tokens,
-        api_keys: tuple[str, ...],
+        api_keys: tuple[ApiKey | str, ...],
         public_url: str | None = None,
         *,
         pages: PagePasses | None = None,
@@ -144,7 +145,10 @@ class Broker:
         self.consoles = consoles
         self.tokens = tokens
         self.pages = pages or PagePasses(MemoryTokenStore())
-        self.api_keys = tuple(k.encode() for k in api_keys)
+        # Plain strings (tests, embedding): full-rights keys labelled by position.
+        self.api_keys = tuple(
+            key if isinstance(key, ApiKey) else ApiKey.full(f"key{n}", key) for n, key in enumerate(api_keys, 1)
+        )
         self.public_url = public_url
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.allowed_hosts = allowed_hosts
@@ -192,14 +196,15 @@ class Broker:
         )
 
     async def list_domains(self, request: Request) -> Response:
-        self.authorize(request)
-        domains = await self.consoles.list_domains()
+        key = self.authorize(request)
+        key.require(LIST)
+        domains = [d for d in await self.consoles.list_domains() if key.covers(d.name, d.uuid)]
         return JSONResponse({"domains": [{**d.to_json(), "sessions": len(self.live.of_domain(d.uuid))} for d in domains]})
 
     async def create_console(self, request: Request) -> Response:
-        key_index = self.authorize(request)
-        minted_by = ops.key_label(request, key_index)
-        wait = self.mint_limiter.allow(str(key_index))
+        key = self.authorize(request)
+        minted_by = ops.key_label(request, key)
+        wait = self.mint_limiter.allow(key.label)
         if wait:
             raise BrokerError(RATE_LIMITED, retry_after=wait)
         request_ = ConsoleRequest.parse(await _json_body(request))
@@ -208,6 +213,7 @@ class Broker:
         except ValueError as exc:
             raise BrokerError(INVALID_INPUT, f"{exc}.") from None
         domain = await self.consoles.find(request.path_params["ident"])
+        key.require_mint(request_.mode, domain.name, domain.uuid)
         if request_.kind is ConsoleKind.SERIAL:
             serial = domain.serial(request_.serial)
             ref, device = ConsoleRef(domain.uuid, serial.index, domain.run_id, ConsoleKind.SERIAL), serial.alias
@@ -240,17 +246,15 @@ class Broker:
         )
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
 
-    def authorize(self, request: Request) -> int:
-        """The index of the API key presented, or UNAUTHORIZED; RATE_LIMITED instead for a
+    def authorize(self, request: Request) -> ApiKey:
+        """The API key presented, or UNAUTHORIZED; RATE_LIMITED instead for a
         client with too many failed attempts. A valid key is never refused: the limit only
         slows guessing (hopeless against keys of 16+ characters anyway), and must not let a
         mistyped key elsewhere lock the panel or the CLI out."""
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        presented = key.strip().encode()
-        # Compare with every key (no early exit), so timing says nothing about which matched.
-        matches = [hmac.compare_digest(presented, k) for k in self.api_keys]
-        if scheme.lower() == "bearer" and any(matches):
-            return matches.index(True)
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        key = match(self.api_keys, presented.strip())  # every key compared: timing says nothing
+        if scheme.lower() == "bearer" and key is not None:
+            return key
         client = _key_client(request)
         wait = self.failed_keys.wait(client)
         if wait:
@@ -284,6 +288,14 @@ class Broker:
             "mode": minted.grant.mode.value,
         }
 
+    def base_path(self, request: HTTPConnection) -> str:
+        """The path the broker is served under, as the browser sees it: public_url's when
+        configured (a front that is not a trusted proxy sends no X-Forwarded-Prefix), else
+        the prefix a trusted proxy gave."""
+        if self.public_url:
+            return urlsplit(self.public_url).path.rstrip("/")
+        return str(request.scope.get("root_path", ""))
+
     def base_url(self, request: HTTPConnection) -> str:
         if self.public_url:
             return self.public_url
@@ -310,7 +322,7 @@ class Broker:
             # Outlives the session on purpose, so an expired session is reported as expired
             # rather than as "no session"; the server enforces the window itself.
             max_age=int(self.pages.window * 2),
-            path=f"{request.scope.get('root_path', '')}/console/{uuid}/",
+            path=f"{self.base_path(request)}/console/{uuid}/",
             secure=request.url.scheme == "https",
             httponly=True,
             samesite="strict",

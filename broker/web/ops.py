@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..access.keys import KILL, SESSIONS, ApiKey
 from ..access.pages import COOKIE_NAME
 from ..access.tokens import Grant, digest_of
 from ..errors import SESSION_KILLED, SESSION_NOT_FOUND, BrokerError
@@ -39,11 +40,11 @@ log = logging.getLogger("broker.app")
 CLI_LABEL = "cli"
 
 
-def key_label(connection: HTTPConnection, index: int) -> str:
+def key_label(connection: HTTPConnection, key: ApiKey) -> str:
     """What a session, a metric or an audit event may say about an API key: `cli` for the
-    CLI socket, else its place in api_keys (`key1`, `key2`, …; the state dir's key is key1).
-    Never the key, nor anything derived from it."""
-    return CLI_LABEL if connection.scope.get(CLI_SOCKET_SCOPE_KEY) else f"key{index + 1}"
+    CLI socket, else its label (by default its place in api_keys: `key1`, `key2`, …; the
+    state dir's key is key1). Never the key, nor anything derived from it."""
+    return CLI_LABEL if connection.scope.get(CLI_SOCKET_SCOPE_KEY) else key.label
 
 
 def client_address(connection: HTTPConnection) -> str:
@@ -70,8 +71,9 @@ class SessionsApi:
         self.broker = broker
 
     async def list_sessions(self, request: Request) -> Response:
-        self.broker.authorize(request)
-        sessions = self.broker.live.newest_first()
+        key = self.broker.authorize(request)
+        key.require(SESSIONS)
+        sessions = [s for s in self.broker.live.newest_first() if key.covers(s.name, s.uuid)]
         ident = request.query_params.get("domain")
         if ident is not None:
             wanted = Identifier.parse(ident)
@@ -79,15 +81,18 @@ class SessionsApi:
         return JSONResponse({"sessions": [s.to_json() for s in sessions]})
 
     async def show_session(self, request: Request) -> Response:
-        self.broker.authorize(request)
-        return JSONResponse({"session": self.find(request).to_json()})
+        key = self.broker.authorize(request)
+        key.require(SESSIONS)
+        return JSONResponse({"session": self.find(request, key).to_json()})
 
     async def kill_session(self, request: Request) -> Response:
         """End the session: its browser gets 4305 and "An administrator ended this console
         session."; answered at once with the session as it was (the close follows within
         a moment: the relay stops on its next turn of the event loop)."""
-        by = key_label(request, self.broker.authorize(request))
-        session = self.find(request)
+        key = self.broker.authorize(request)
+        key.require(KILL)
+        by = key_label(request, key)
+        session = self.find(request, key)
         if not session.stop.done():  # a session already ending is not killed (nor audited) twice
             session.end(BrokerError(SESSION_KILLED))
             if session.viewer.page:  # and the console page may not simply reconnect
@@ -102,14 +107,15 @@ class SessionsApi:
             )
         return JSONResponse({"session": session.to_json()})
 
-    def find(self, request: Request) -> LiveSession:
+    def find(self, request: Request, key: ApiKey) -> LiveSession:
+        """The session by id; one outside the key's scope is not found (its id says nothing)."""
         session = self.broker.live.get(request.path_params["session_id"])
-        if session is None:
+        if session is None or not key.covers(session.name, session.uuid):
             raise BrokerError(SESSION_NOT_FOUND)
         return session
 
     async def metrics(self, request: Request) -> Response:
-        self.broker.authorize(request)
+        self.broker.authorize(request).require(SESSIONS)
         return self.exposition()
 
     def exposition(self) -> Response:

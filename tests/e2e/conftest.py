@@ -17,15 +17,6 @@ from support.processes import BrokerProcess, start_broker
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) ->
     broker.stop()
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+# `browser` (one Chromium for the whole run) is in tests/conftest.py, shared with tests/fleet.
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@ exclusive links end the others, and no browser can ask QEMU to drop the other vi
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import time
 from pathlib import Path
 
+import httpx
 import libvirt
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -104,3 +106,52 @@ def test_a_links_own_session_length(broker: BrokerProcess, tcp_vm: libvirt.virDo
     link = broker.mint(tcp_vm.name(), max_session_length=1)
     closed = close_of(link["websocket_url"], timeout=10)
     assert closed.code == 4404 and 0.9 < closed.seconds < 5
+
+
+def test_a_scoped_key_stays_in_its_scope(tmp_path: Path, tcp_vm: libvirt.virDomain, conn) -> None:
+    """A real broker with scoped keys from its TOML config: a support key that may only
+    watch one domain (by UUID), and a full key given as its SHA-256."""
+    from support import vms
+    from support.processes import start_broker
+
+    other = vms.define(conn, "broker-test-scope-other", vms.TCP)
+    full, support = "full-key-" + "f" * 20, "support-key-" + "s" * 20
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        "[[api_keys]]\n"
+        f'label = "full"\nsha256 = "{hashlib.sha256(full.encode()).hexdigest()}"\n'
+        "[[api_keys]]\n"
+        f'label = "support"\nkey = "{support}"\n'
+        f'domains = ["{tcp_vm.UUIDString()}"]\nrights = ["mint-view-only", "list", "sessions"]\n'
+    )
+    broker = start_broker(tmp_path / "state", "--config", str(config))
+    try:
+
+        def call(key: str, method: str, path: str, **kwargs: object) -> httpx.Response:
+            return httpx.request(method, broker.url + path, headers={"Authorization": f"Bearer {key}"}, **kwargs)
+
+        listed = [d["name"] for d in call(support, "GET", "/api/v1/domains").json()["domains"]]
+        assert listed == [tcp_vm.name()]
+        assert call(full, "GET", "/api/v1/domains").status_code == 200
+        watch = call(support, "POST", f"/api/v1/domains/{tcp_vm.name()}/console", json={"mode": "view-only"})
+        assert watch.status_code == 201 and watch.json()["mode"] == "view-only"
+        for body, ident, words in [
+            ({}, tcp_vm.name(), "'mint'"),
+            ({"mode": "exclusive"}, tcp_vm.name(), "'mint-exclusive'"),
+            ({"mode": "view-only"}, other.name(), "outside the scope"),
+        ]:
+            refused = call(support, "POST", f"/api/v1/domains/{ident}/console", json=body)
+            assert refused.status_code == 403, (body, ident)
+            assert refused.json()["error"]["code"] == "forbidden" and words in refused.json()["error"]["message"]
+        with connect(watch.json()["websocket_url"], open_timeout=10) as ws:
+            handshake(ws)
+            with connect(call(full, "POST", f"/api/v1/domains/{other.name()}/console").json()["websocket_url"]) as ws2:
+                handshake(ws2)
+                sessions = call(support, "GET", "/api/v1/sessions").json()["sessions"]
+                assert [s["domain"]["name"] for s in sessions] == [tcp_vm.name()]  # not the other domain's
+                assert sessions[0]["key"] == "support" and sessions[0]["mode"] == "view-only"
+                assert call(support, "DELETE", f"/api/v1/sessions/{sessions[0]['id']}").status_code == 403
+        assert "support-key-" not in broker.log() and full not in broker.log()
+    finally:
+        broker.stop()
+        vms.remove(conn, other.name())

@@ -55,7 +55,12 @@ def site_conf(socket_path: Path, port: int, directory: Path) -> str:
 def start_nginx(socket_path: Path, directory: Path) -> Nginx:
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (directory / "site.conf").write_text(site_conf(socket_path, port, directory))
+    return run_nginx(directory, port, site_conf(socket_path, port, directory))
+
+
+def run_nginx(directory: Path, port: int, site: str, scheme: str = "http", host: str = "127.0.0.1") -> Nginx:
+    """nginx in the foreground with `site` in its http {} block, once it answers on `port`."""
+    (directory / "site.conf").write_text(site)
     (directory / "nginx.conf").write_text(
         f"""
 daemon off;
@@ -86,7 +91,7 @@ http {{
         if process.poll() is not None:
             raise RuntimeError(f"nginx exited: {(directory / 'stderr.log').read_text()}")
         try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            httpx.get(f"{scheme}://{host}:{port}/", timeout=1, verify=False)
             return Nginx(process, port, directory)
         except httpx.TransportError:
             if time.monotonic() > deadline:

@@ -91,7 +91,10 @@ class BrokerProcess:
         return self.process.returncode
 
 
-def start_broker(state_dir: Path, *args: str, extra_env: dict[str, str] | None = None) -> BrokerProcess:
+def start_broker(
+    state_dir: Path, *args: str, extra_env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> BrokerProcess:
+    """`prefix` runs it through another command that execs it (e.g. `ip netns exec NAME`)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BROKER_STATE_DIR": str(state_dir), **(extra_env or {})}
     env.pop("BROKER_API_KEY", None)
@@ -100,7 +103,7 @@ def start_broker(state_dir: Path, *args: str, extra_env: dict[str, str] | None =
         args = (*args, "--listen", f"127.0.0.1:{free_port()}")
     log_path = state_dir / "broker.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*BROKER, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*prefix, *BROKER, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     server_file = state_dir / "server.json"
     while True:
@@ -110,8 +113,9 @@ def start_broker(state_dir: Path, *args: str, extra_env: dict[str, str] | None =
             where = json.loads(server_file.read_text())
             url = where.get("url", "http://localhost")
             try:
-                if where.get("uds"):
-                    transport = httpx.HTTPTransport(uds=where["uds"])
+                if where.get("uds") or url.startswith("https:"):
+                    # TLS listeners may want a client certificate: ask over a plain socket.
+                    transport = httpx.HTTPTransport(uds=where.get("uds") or where["cli"])
                     httpx.Client(transport=transport).get("http://localhost/healthz", timeout=2)
                 else:
                     httpx.get(url + "/healthz", timeout=2)

@@ -316,3 +316,13 @@ def test_mode_user_and_session_length_are_checked(api, define_domain) -> None:
     assert minted.status_code == 201 and minted.json()["mode"] == "view-only"
     grant = api.broker.tokens.redeem(minted.json()["token"])
     assert (grant.mode.value, grant.user, grant.max_session_length) == ("view-only", "alice", 30.0)
+
+
+def test_the_page_cookie_is_scoped_under_public_urls_path(make_api, define_domain) -> None:
+    """Behind a front that is not a trusted proxy (no X-Forwarded-Prefix), public_url says
+    where the broker lives: the cookie must be sent back to the page under that prefix."""
+    api = make_api(public_url="https://front.example/h/hv1")
+    token = api.token_for(define_domain(VNC))
+    response = api.client.get(f"/console?token={token}", follow_redirects=False)
+    assert response.status_code == 303
+    assert "Path=/h/hv1/console/" in response.headers["set-cookie"]

@@ -21,7 +21,7 @@ PUBLISHED = {
     "session_killed": 4305,
     "too_many_sessions": 4400, "too_many_viewers": 4401, "busy": 4402, "idle_timeout": 4403,
     "session_time_limit": 4404, "shutting_down": 1001,
-    "unauthorized": 0, "invalid_input": 0, "rate_limited": 0, "session_not_found": 0,
+    "unauthorized": 0, "forbidden": 0, "invalid_input": 0, "rate_limited": 0, "session_not_found": 0,
 }  # fmt: skip
 
 
@@ -51,6 +51,7 @@ def test_websocket_close_codes_are_distinct_and_application_range() -> None:
 def test_rest_only_failures_have_no_close_code() -> None:
     assert {f.slug for f in ALL_FAILURES if not f.close_code} == {
         "unauthorized",
+        "forbidden",
         "invalid_input",
         "rate_limited",
         "session_not_found",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.access.keys import ApiKey
 from broker.config import Settings
 from broker.server.run import ensure_api_keys
 from broker.state import NotRunning, ServerInfo, StateError, read_api_key, read_server_file
@@ -26,8 +27,8 @@ def test_creates_a_key_file_with_mode_0600(settings: Settings) -> None:
     (key,) = ensure_api_keys(settings)
     path = settings.api_key_file
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_text() == key + "\n"
-    assert len(key) >= 43
+    assert path.read_text() == f"{key.secret}\n" and key.label == "key1" and key.unscoped
+    assert len(key.secret or "") >= 43
 
 
 def test_creates_the_state_dir(settings: Settings) -> None:
@@ -44,7 +45,7 @@ def test_reuses_a_key_file_written_by_hand(settings: Settings) -> None:
     settings.state_dir.mkdir()
     settings.api_key_file.write_text("  my-own-key-0123456789  \n")
     settings.api_key_file.chmod(0o600)  # a key others may read is refused (test_state.py)
-    assert ensure_api_keys(settings) == ("my-own-key-0123456789",)
+    assert [key.secret for key in ensure_api_keys(settings)] == ["my-own-key-0123456789"]
 
 
 def test_refuses_a_key_file_without_a_usable_key(settings: Settings) -> None:
@@ -56,8 +57,9 @@ def test_refuses_a_key_file_without_a_usable_key(settings: Settings) -> None:
 
 
 def test_configured_keys_need_no_file(settings: Settings) -> None:
-    configured = Settings(state_dir=settings.state_dir, api_keys=("c" * 20, "d" * 20))
-    assert ensure_api_keys(configured) == ("c" * 20, "d" * 20)
+    keys = (ApiKey.full("key1", "c" * 20), ApiKey.full("key2", "d" * 20))
+    configured = Settings(state_dir=settings.state_dir, api_keys=keys)
+    assert ensure_api_keys(configured) == keys
     assert not configured.api_key_file.exists()
 
 
@@ -70,7 +72,7 @@ def test_two_hosts_get_different_keys(tmp_path: Path) -> None:
 
 def test_read_api_key_reads_the_key_file(settings: Settings) -> None:
     (key,) = ensure_api_keys(settings)
-    assert read_api_key(settings.api_key_file, os.geteuid()) == key
+    assert read_api_key(settings.api_key_file, os.geteuid()) == key.secret
 
 
 def test_read_api_key_without_a_file_names_it(settings: Settings) -> None:
