@@ -102,6 +102,22 @@ class Observer:
             bytes_from_browser=session.traffic.up,
         )
 
+    def take_over(self, session: LiveSession, taken: list[LiveSession], how: str) -> None:
+        """`session` (not relaying yet) ends `taken` on its console: an exclusive link
+        ("exclusive"), or a serial take-over ("serial": libvirt also cuts whoever else held
+        the console outside the broker, so `ended` may be empty)."""
+        self.audit.emit(
+            "take_over",
+            session=session.id,
+            domain=_domain(session.name, session.uuid),
+            kind=session.kind,
+            console=session.console.index,
+            how=how,
+            ended=[other.id for other in taken],
+            client=session.viewer.client,
+            key=session.viewer.minted_by,
+        )
+
     def session_killed(self, session: LiveSession, by: str) -> None:
         self.metrics.sessions_killed.inc()
         self.audit.emit("session_killed", session=session.id, domain=_domain(session.name, session.uuid), by=by)

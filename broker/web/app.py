@@ -482,18 +482,23 @@ class Broker:
         with self.live.opening():
             grant = authorize()
             self.live.check_exclusive(grant.console, grant.mode)
+            taken: list[LiveSession] = []  # for the audit trail: the sessions this one ends
             if grant.mode is LinkMode.EXCLUSIVE:  # the others hear why before this one connects
                 for other in self.live.of_console(grant.console):
                     other.end(BrokerError(EXCLUSIVE_TAKEN))
+                    taken.append(other)
             force = take_over and grant.may_take_over and self.serial_take_over
             if force:  # our own sessions on that console hear why they end before libvirt cuts them
                 for other in self.live.of_domain(grant.console.uuid):
                     if other.console == grant.console:
                         other.end(BrokerError(TAKEN_OVER))
+                        taken.append(other)
             via = "page" if "uuid" in websocket.path_params else "link"
             viewer = ops.viewer_of(websocket, grant, via=via)
             session = self.live.add(grant.console, grant.name, viewer, grant.mode, grant.user)
             session.max_session_length = grant.max_session_length
+            if taken or force:
+                self.observe.take_over(session, taken, "exclusive" if grant.mode is LinkMode.EXCLUSIVE else "serial")
             try:
                 domain, stream = await self.consoles.open(grant.console, take_over=force)
             except BrokerError as exc:

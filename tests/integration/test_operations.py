@@ -279,6 +279,25 @@ def test_prometheus_scrapes_the_broker(ops: Ops, prometheus: prom.Prometheus, tc
     assert not [t for t in SEEN_SECRETS if t in text]
 
 
+def test_an_exclusive_link_taking_over_is_audited(ops: Ops, tcp_vm: libvirt.virDomain) -> None:
+    with ExitStack() as stack:
+        other, _ = open_console(stack, ops.mint(tcp_vm)["websocket_url"])
+        (listed,) = ops.sessions()
+        watcher = CloseWatcher(other)
+        exclusive = ops.broker.mint(tcp_vm.name(), mode="exclusive", user="admin-on-call")
+        SEEN_SECRETS.append(exclusive["token"])
+        owner, _ = open_console(stack, exclusive["websocket_url"])
+        assert watcher.wait()[0] == 4304
+        (owner_session,) = ops.sessions()
+        assert (owner_session["mode"], owner_session["user"]) == ("exclusive", "admin-on-call")
+    events = audit_events(ops.audit)
+    (taken,) = [e for e in events if e["event"] == "take_over"]
+    assert (taken["session"], taken["how"], taken["ended"]) == (owner_session["id"], "exclusive", [listed["id"]])
+    (ended,) = [e for e in events if e["event"] == "session_ended" and e["session"] == listed["id"]]
+    assert ended["reason"] == "exclusive_taken"
+    STORY["take_over"] = taken["session"]
+
+
 def test_sighup_reopens_the_audit_file(ops: Ops, tcp_vm: libvirt.virDomain) -> None:
     rotated = ops.audit.with_name("audit.jsonl.1")
     ops.audit.rename(rotated)  # what logrotate does

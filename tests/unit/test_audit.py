@@ -26,6 +26,7 @@ UUID_A = "6f1c0e8e-3b7a-4c39-9d35-1f0b0c5d2a11"
 SCHEMA = {
     "link_minted": {"key", "domain", "kind", "console", "ttl", "mode", "user"},
     "session_opened": {"session", "domain", "kind", "console", "client", "user_agent", "key", "via", "mode", "user"},
+    "take_over": {"session", "domain", "kind", "console", "how", "ended", "client", "key"},
     "session_killed": {"session", "domain", "by"},
     "session_ended": {"session", "domain", "reason", "duration", "bytes_to_browser", "bytes_from_browser"},
     "refused": {"reason", "at", "client"},  # + "domain" when known, + "path" for the API
@@ -154,3 +155,22 @@ def test_a_failed_reopen_keeps_writing_to_the_open_file(tmp_path: Path) -> None:
         os.chmod(logs, 0o700)
     audit.close()
     assert events(tmp_path / "rotated.jsonl")[-1]["client"] == "kept"
+
+
+def test_a_take_over_names_the_sessions_it_ends(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+
+    async def scenario() -> None:
+        live = LiveSessions(SessionLimits())
+        observer = Observer(live, AuditLog(str(path)))
+        first = live.add(ConsoleRef(UUID_A), "vm-a", Viewer("192.0.2.1:5", "", "key1"))
+        second = live.add(ConsoleRef(UUID_A), "vm-a", Viewer("192.0.2.2:6", "", "key2"))
+        observer.take_over(second, [first], "exclusive")
+        observer.audit.close()
+
+    run_async(scenario())
+    (event,) = events(path)
+    check_schema(event)
+    assert (event["event"], event["how"], event["ended"]) == ("take_over", "exclusive", [event["ended"][0]])
+    assert event["ended"][0] != event["session"]
+    assert (event["key"], event["client"]) == ("key2", "192.0.2.2:6")
