@@ -86,9 +86,19 @@ install_apt() {
   log "apt-get update, then installing ${missing[*]}"
   apt-get "${lock[@]}" update -qq >"$log" 2>&1 \
     || { tail -20 "$log" >&2; die "apt-get update failed"; }
+  # Packages such as prometheus, nginx and libvirt-daemon start a system service when
+  # installed; the tests start their own, so nothing may be left running: a policy-rc.d
+  # that refuses every start, for the length of the install (unless one is there already).
+  local policy=/usr/sbin/policy-rc.d own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# vm-console-broker setup.sh: no service starts during its apt-get install\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    own_policy=1
+  fi
   apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1 \
-    || { tail -20 "$log" >&2; die "apt-get install ${missing[*]} failed"; }
-  installed "apt: ${missing[*]}" "$(( $(date +%s) - t0 )) s"
+    || { [ -z "$own_policy" ] || rm -f "$policy"; tail -20 "$log" >&2; die "apt-get install ${missing[*]} failed"; }
+  [ -z "$own_policy" ] || rm -f "$policy"
+  installed "apt: ${missing[*]}" "$(( $(date +%s) - t0 )) s, no service started"
 }
 
 check_python() {
