@@ -38,7 +38,7 @@ from ..errors import (
     BrokerError,
 )
 from ..model import ConsoleKind, ConsoleRef, DomainInfo, FdEndpoint, SerialEndpoint, Stream, TcpEndpoint, UnixEndpoint
-from ..relay.backend import SocketBackend
+from ..relay.backend import Backend, SocketBackend
 from .graphics import Devices, GraphicsXMLError, parse_devices
 from .serialstream import SerialBackend
 
@@ -242,14 +242,7 @@ class LibvirtConsoles:
             )
         else:
             backend = await connect_endpoint(info.name, endpoint, self.connect_timeout)
-        try:
-            same_run = await self.still_running(ref.uuid, info.run_id, unknown=False)
-        except BaseException:
-            backend.close()
-            raise
-        if not same_run:
-            backend.close()
-            raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
+        await self._confirm_same_run(info, backend)
         return info, Stream(backend, endpoint, password=console.password)
 
     async def _open_serial(self, info: DomainInfo, ref: ConsoleRef, take_over: bool) -> Stream:
@@ -258,18 +251,27 @@ class LibvirtConsoles:
         flags = libvirt.VIR_DOMAIN_CONSOLE_FORCE if take_over else 0
         stream = await self.run(_open_console, ref.uuid, console.alias, flags, discard=_abort_quietly)
         backend = SerialBackend(stream, lambda call: self.run(lambda _conn: call()))
-        try:
-            history = None
-            if console.log_path is not None and self.history_limit:
+        history = None
+        if console.log_path is not None and self.history_limit:
+            try:
                 history = await asyncio.to_thread(read_tail, console.log_path, self.history_limit)
-            same_run = await self.still_running(ref.uuid, info.run_id, unknown=False)
+            except BaseException:  # cancelled: the console goes back to libvirtd
+                backend.close()
+                raise
+        await self._confirm_same_run(info, backend)
+        return Stream(backend, SerialEndpoint(console.alias), ConsoleKind.SERIAL, history=history)
+
+    async def _confirm_same_run(self, info: DomainInfo, backend: Backend) -> None:
+        """After connecting: the run the console was resolved in still holds it, or the
+        backend is closed and the reason raised (CVE-2013-0335)."""
+        try:
+            same_run = await self.still_running(info.uuid, info.run_id, unknown=False)
         except BaseException:
             backend.close()
             raise
         if not same_run:
             backend.close()
             raise BrokerError(DOMAIN_NOT_RUNNING, f"Domain {info.name!r} stopped while connecting.")
-        return Stream(backend, SerialEndpoint(console.alias), ConsoleKind.SERIAL, history=history)
 
     async def still_running(self, uuid: str, run_id: int, *, unknown: bool = True) -> bool:
         """Is this same run of the domain still active? False also when it vanished. When

@@ -193,10 +193,7 @@ def test_static_paths_never_redirect_off_site_or_escape(stack, target: str) -> N
 def test_keystrokes_reach_the_guest(stack, tiny_vm, page, artifacts: Path) -> None:
     broker, nginx = stack
     dom, serial = tiny_vm
-    deadline = time.monotonic() + 90
-    while "TINY-GUEST-READY" not in (serial.read_text(errors="replace") if serial.exists() else ""):
-        assert time.monotonic() < deadline, "the tiny guest did not boot in 90 s"
-        time.sleep(0.5)
+    vms.wait_for_line(str(serial), "TINY-GUEST-READY", timeout=90)
     page.goto(mint(nginx, broker, dom.name())["console_url"])
     wait_state(page, "connected")
     page.click("#screen canvas")
@@ -212,10 +209,7 @@ def test_keystrokes_reach_the_guest(stack, tiny_vm, page, artifacts: Path) -> No
 def test_a_view_only_page_shows_the_screen_and_typing_changes_nothing(stack, tiny_vm, page, artifacts: Path) -> None:
     broker, nginx = stack
     dom, serial = tiny_vm
-    deadline = time.monotonic() + 90
-    while "TINY-GUEST-READY" not in (serial.read_text(errors="replace") if serial.exists() else ""):
-        assert time.monotonic() < deadline, "the tiny guest did not boot in 90 s"
-        time.sleep(0.5)
+    vms.wait_for_line(str(serial), "TINY-GUEST-READY", timeout=90)
     page.goto(mint(nginx, broker, dom.name(), mode="view-only")["console_url"])
     wait_state(page, "connected")
     assert page.is_visible("#view-only-badge")

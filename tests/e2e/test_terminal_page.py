@@ -22,6 +22,7 @@ import pytest
 from support import vms
 from support.fake_serial import FakeSerial, fake_serial
 from support.processes import start_broker
+from support.xterm import terminal_text
 
 pytestmark = pytest.mark.e2e
 
@@ -33,23 +34,11 @@ def wait_state(page, state: str, timeout: float = 20_000) -> None:
     page.wait_for_selector(f"body[data-state='{state}']", timeout=timeout)
 
 
-def screen_text(page) -> str:
-    """Every line of the terminal's buffer, scrollback included, right-trimmed."""
-    return page.evaluate(
-        """() => {
-            const buffer = term.buffer.active;
-            const lines = [];
-            for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
-            return lines.join('\\n');
-        }"""
-    )
-
-
 def wait_text(page, pattern: str, timeout: float = 15.0) -> str:
     """The terminal's text once `pattern` (a regex) matches it."""
     deadline = time.monotonic() + timeout
     while True:
-        text = screen_text(page)
+        text = terminal_text(page)
         if re.search(pattern, text):
             return text
         assert time.monotonic() < deadline, f"{pattern!r} not on the terminal:\n{text[-1500:]}"
@@ -157,7 +146,7 @@ def test_reconnect_replays_history_instead_of_repeating_it(fake: FakeSerial, fre
     page.click("#reconnect")
     wait_state(page, "connected")
     page.wait_for_selector("body[data-history='replayed']")
-    text = screen_text(page).rstrip("\n")
+    text = terminal_text(page).rstrip("\n")
     assert text == "kernel: booted\n/ # ", text  # the old screen and scrollback gave way to the replay
     assert wait_controls(fake, connection=2)[0] == {"type": "resize", "cols": 80, "rows": 24}
 
@@ -643,7 +632,7 @@ def test_a_view_only_link_watches_but_types_nothing(stack, serial_vm, page) -> N
     page.keyboard.type("echo viewonly-$((5*5))", delay=10)
     page.keyboard.press("Enter")
     time.sleep(2)
-    assert "viewonly" not in screen_text(page)
+    assert "viewonly" not in terminal_text(page)
 
 
 def test_no_history_then_the_vm_stops(stack, bare_serial_vm, page) -> None:

@@ -22,6 +22,7 @@ from websockets.sync.client import connect
 
 from support.certs import Pair, client_context, issue, make_ca
 from support.fleet import BROKER_PORT, Fleet, links, namespaces
+from support.xterm import terminal_text
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -300,14 +301,3 @@ def test_chromium_opens_a_serial_console_through_the_front(fleet: Fleet, fleet_v
         assert time.monotonic() < deadline, f"the VM's boot text is not on the page: {text[-300:]!r}"
         time.sleep(0.2)
     page.screenshot(path=str(artifacts / "fleet-hv1-serial.png"))
-
-
-def terminal_text(page) -> str:
-    return page.evaluate(
-        """() => {
-            const buffer = term.buffer.active;
-            const lines = [];
-            for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
-            return lines.join('\\n');
-        }"""
-    )
