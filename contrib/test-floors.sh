@@ -26,7 +26,7 @@ else
   log "$VENV already has the floor versions"
 fi
 log "versions: $("$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-  | grep -iE '^(libvirt-python|starlette|uvicorn|websockets|h11|httpx|cryptography|uvloop|prometheus[-_]client) ' | tr -s ' ' | tr '\n' ' ')"
+  | grep -iE '^(libvirt-python|starlette|uvicorn|websockets|h11|httpx|cryptography|uvloop|prometheus[-_]client|pillow) ' | tr -s ' ' | tr '\n' ' ')"
 status=0
 "$VENV/bin/python" -m pytest tests/unit -p no:cacheprovider -q "$@" || status=$?
 if [ "$status" -eq 5 ]; then
