@@ -253,7 +253,7 @@ class Broker:
         """The domain's screen as a PNG (web/screenshots.py: cached, rate-limited per key)."""
         key = self.authorize(request)
         key.require(SCREENSHOT)
-        width = screenshot_width(request.query_params)
+        width = screenshot_width(request.query_params.multi_items())
         domain = await self.consoles.find(request.path_params["ident"])
         key.require(SCREENSHOT, domain.name, domain.uuid)
         png = await self.screenshots.take(self.consoles, domain, width, key.label)

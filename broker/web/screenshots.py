@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..access.limits import RateLimiter
@@ -32,14 +32,18 @@ class ScreenSource(Protocol):
     async def screenshot(self, uuid: str) -> tuple[str, bytes]: ...
 
 
-def screenshot_width(query: Mapping[str, str]) -> int | None:
-    """`?width=N` checked: an integer from MIN_WIDTH to MAX_WIDTH, or None (the full screen)."""
-    unknown = set(query) - QUERY_PARAMETERS
+def screenshot_width(query: Iterable[tuple[str, str]]) -> int | None:
+    """`?width=N` checked: an integer from MIN_WIDTH to MAX_WIDTH, or None (the full screen).
+    `query` is every (name, value) pair, so that a repeated parameter is refused, not half read."""
+    pairs = list(query)
+    unknown = {name for name, _ in pairs} - QUERY_PARAMETERS
     if unknown:
         raise BrokerError(INVALID_INPUT, f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
-    text = query.get("width")
-    if text is None:
+    if not pairs:
         return None
+    if len(pairs) > 1:
+        raise BrokerError(INVALID_INPUT, "width may be given once.")
+    text = pairs[0][1]
     if not (text.isascii() and text.isdigit()) or not MIN_WIDTH <= int(text) <= MAX_WIDTH:
         raise BrokerError(INVALID_INPUT, f"width must be a whole number of pixels from {MIN_WIDTH} to {MAX_WIDTH}.")
     return int(text)

@@ -61,14 +61,19 @@ def test_what_is_not_an_image_is_an_image_error(data: bytes) -> None:
                                    {"width": " 64"}, {"width": "٦٤"}, {"width": ""}, {"widht": "64"}])  # fmt: skip
 def test_screenshot_width_refuses(query: dict[str, str]) -> None:
     with pytest.raises(BrokerError) as caught:
-        screenshot_width(query)
+        screenshot_width(query.items())
     assert caught.value.failure.slug == "invalid_input"
 
 
 def test_screenshot_width_accepts() -> None:
-    assert screenshot_width({}) is None
-    assert screenshot_width({"width": "16"}) == 16
-    assert screenshot_width({"width": str(MAX_WIDTH)}) == MAX_WIDTH
+    assert screenshot_width([]) is None
+    assert screenshot_width([("width", "16")]) == 16
+    assert screenshot_width([("width", str(MAX_WIDTH))]) == MAX_WIDTH
+
+
+def test_screenshot_width_may_be_given_once() -> None:
+    with pytest.raises(BrokerError, match="once"):
+        screenshot_width([("width", "16"), ("width", "32")])
 
 
 # -- the cache and the limiter, on a screen source that counts ------------------------------
