@@ -45,6 +45,7 @@ from ..errors import (
 )
 from ..access.keys import LIST, SCREENSHOT, ApiKey, match
 from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
+from .openapi import OPENAPI
 from .proxy import CLI_SOCKET_SCOPE_KEY
 from .screenshots import SCREENSHOT_HEADERS, Screenshots, screenshot_width
 from ..relay.pump import SPLICE_EXTENSION, RelayEnd, relay
@@ -258,6 +259,10 @@ class Broker:
         key.require(SCREENSHOT, domain.name, domain.uuid)
         png = await self.screenshots.take(self.consoles, domain, width, key.label)
         return Response(png.data, media_type="image/png", headers=SCREENSHOT_HEADERS)
+
+    async def openapi(self, request: Request) -> Response:
+        """The API's description (web/openapi.py); public, as README.md says why."""
+        return JSONResponse(OPENAPI, headers={"Cache-Control": "no-cache"})
 
     def authorize(self, request: Request) -> ApiKey:
         """The API key presented, or UNAUTHORIZED; RATE_LIMITED instead for a
@@ -678,6 +683,7 @@ def create_app(broker: Broker) -> Starlette:
         Route("/api/v1/domains", broker.list_domains),
         Route("/api/v1/domains/{ident}/console", broker.create_console, methods=["POST"]),
         Route("/api/v1/domains/{ident}/screenshot", broker.screenshot),
+        Route("/api/v1/openapi.json", broker.openapi),
         WebSocketRoute("/websockify", broker.websockify),
         Route("/console", broker.open_console_link),
         Route("/console/{uuid}/", broker.console_page),
