@@ -5,8 +5,8 @@ a field or an error there is a change here. tests/unit/test_openapi.py validates
 and checks it against the routes and ConsoleRequest; tests/integration/test_api_fuzz.py fuzzes
 a live broker with it (schemathesis): no 5xx, every answer as described.
 
-To add a call (the sessions API, /metrics): one entry in PATHS (see "More calls" below), its
-schemas in SCHEMAS, its error slugs in the answers it can give.
+To add a call: one entry in PATHS (see "More calls" at its end), its schemas in SCHEMAS, its
+error slugs in the answers it can give.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def error(description: str, *codes: str, retry_after: bool = False, authenticate
 # Answers every call behind the API key can give.
 UNAUTHORIZED = error("No API key, or a wrong one.", "unauthorized", authenticate=True)
 LIBVIRT_DOWN = error("libvirt did not answer within `libvirt_timeout`, or is not reachable.", "libvirt_unavailable")
+FORBIDDEN = error("The key's scope does not allow this call, or not for this domain.", "forbidden")
 LIBVIRT_REFUSED = error("libvirt refused the request; the message says why.", "libvirt_error")
 WRONG_KEYS = "too many requests with a wrong API key from this client, or"
 
@@ -146,7 +147,7 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Domain": {
         "type": "object",
-        "required": ["name", "uuid", "state", "consoles", "serial_consoles"],
+        "required": ["name", "uuid", "state", "consoles", "serial_consoles", "sessions"],
         "additionalProperties": False,
         "properties": {
             "name": {"type": "string"},
@@ -168,6 +169,7 @@ SCHEMAS: dict[str, Schema] = {
             "consoles": {"type": "array", "items": ref("VncConsole")},
             "console_unavailable": {"type": "string", "description": "Why no VNC link can be minted now."},
             "serial_consoles": {"type": "array", "items": ref("SerialConsole")},
+            "sessions": {"type": "integer", "minimum": 0, "description": "Live console sessions on it."},
         },
     },
     "DomainList": {
@@ -218,6 +220,65 @@ SCHEMAS: dict[str, Schema] = {
         "description": "`kind` says which: `vnc` (the default) or `serial`; unknown fields are refused.",
         "oneOf": [ref("VncConsoleRequest"), ref("SerialConsoleRequest")],
     },
+    "Session": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "id",
+            "kind",
+            "domain",
+            "console",
+            "client",
+            "user_agent",
+            "key",
+            "via",
+            "mode",
+            "user",
+            "state",
+            "started_at",
+            "duration",
+            "bytes_to_browser",
+            "bytes_from_browser",
+            "last_input_at",
+        ],
+        "description": "A live console session (README.md, Operating it). Nothing secret: no token, cookie or key.",
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"type": "string", "enum": ["vnc", "serial"]},
+            "domain": ref("DomainRef"),
+            "console": {"type": "integer", "minimum": 0, "description": "The device's index."},
+            "client": {"type": "string", "description": "The browser's address (through trusted proxies)."},
+            "user_agent": {"type": "string"},
+            "key": {"type": "string", "description": "The label of the API key that minted its link (`cli`: the CLI)."},
+            "via": {"type": "string", "enum": ["link", "page"]},
+            "mode": {"type": "string", "enum": ["interactive", "view-only", "exclusive"]},
+            "user": {"type": "string"},
+            "state": {"type": "string", "enum": ["opening", "relaying"]},
+            "started_at": {"type": "string", "format": "date-time"},
+            "duration": {"type": "number", "minimum": 0, "description": "Seconds."},
+            "bytes_to_browser": {"type": "integer", "minimum": 0},
+            "bytes_from_browser": {"type": "integer", "minimum": 0},
+            "last_input_at": {"type": "string", "format": "date-time", "nullable": True},
+        },
+    },
+    "SessionList": {
+        "type": "object",
+        "required": ["sessions"],
+        "additionalProperties": False,
+        "properties": {"sessions": {"type": "array", "items": ref("Session")}},
+    },
+    "SessionAnswer": {
+        "type": "object",
+        "required": ["session"],
+        "additionalProperties": False,
+        "properties": {"session": ref("Session")},
+    },
+    "DomainRef": {
+        "type": "object",
+        "required": ["name", "uuid"],
+        "additionalProperties": False,
+        "properties": {"name": {"type": "string"}, "uuid": {"type": "string", "format": "uuid"}},
+    },
     "ConsoleLink": {
         "type": "object",
         "required": ["token", "console_url", "websocket_url", "expires_at", "domain", "kind", "console", "mode"],
@@ -227,12 +288,7 @@ SCHEMAS: dict[str, Schema] = {
             "console_url": {"type": "string", "description": "The broker's console page for this link."},
             "websocket_url": {"type": "string", "description": "For a noVNC (or terminal) of the panel's own."},
             "expires_at": {"type": "string", "format": "date-time"},
-            "domain": {
-                "type": "object",
-                "required": ["name", "uuid"],
-                "additionalProperties": False,
-                "properties": {"name": {"type": "string"}, "uuid": {"type": "string", "format": "uuid"}},
-            },
+            "domain": ref("DomainRef"),
             "kind": {"type": "string", "enum": ["vnc", "serial"]},
             "console": {"type": "string", "description": "`graphics N`, or the serial console's alias."},
             "mode": {"type": "string", "enum": ["interactive", "view-only", "exclusive"]},
@@ -268,8 +324,12 @@ PATHS: dict[str, Schema] = {
             "operationId": "listDomains",
             "summary": "Every domain (and static console), its state and consoles",
             "responses": {
-                "200": {"description": "Sorted by name.", "content": {JSON: {"schema": ref("DomainList")}}},
+                "200": {
+                    "description": "Sorted by name; only the domains in the key's scope.",
+                    "content": {JSON: {"schema": ref("DomainList")}},
+                },
                 "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
                 "429": error(f"Only {WRONG_KEYS[:-4]}: never with a valid key", "rate_limited", retry_after=True),
                 "502": LIBVIRT_REFUSED,
                 "503": LIBVIRT_DOWN,
@@ -289,6 +349,10 @@ PATHS: dict[str, Schema] = {
             "responses": {
                 "201": {"description": "The link.", "content": {JSON: {"schema": ref("ConsoleLink")}}},
                 "401": UNAUTHORIZED,
+                "403": error(
+                    "The key may not mint this mode of link, or not for this domain.",
+                    "forbidden",
+                ),
                 "404": error("No such domain.", "domain_not_found"),
                 "409": error(
                     "The domain is not running, has no such console, or an exclusive link holds it.",
@@ -336,6 +400,7 @@ PATHS: dict[str, Schema] = {
                     "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
                 "404": error("No such domain.", "domain_not_found"),
                 "409": error("The domain is not running, or is a static console.", "domain_not_running", "no_console"),
                 "422": error("width out of bounds, an unknown parameter, or a bad identifier.", "invalid_input"),
@@ -349,8 +414,81 @@ PATHS: dict[str, Schema] = {
             },
         },
     },
-    # More calls: /api/v1/sessions, /api/v1/sessions/{id} (GET, DELETE) and /metrics go here,
-    # each with its schemas in SCHEMAS and its error codes as above.
+    "/api/v1/sessions": {
+        "get": {
+            "operationId": "listSessions",
+            "summary": "The live console sessions in the key's scope, newest first (right `sessions`)",
+            "parameters": [
+                {
+                    "name": "domain",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only this domain's sessions: an identifier as for `{ident}`.",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": {"description": "The sessions.", "content": {JSON: {"schema": ref("SessionList")}}},
+                "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
+                "422": error("`domain` is no identifier a domain can have.", "invalid_input"),
+                "429": error(f"Only {WRONG_KEYS[:-4]}: never with a valid key", "rate_limited", retry_after=True),
+            },
+        }
+    },
+    "/api/v1/sessions/{session_id}": {
+        "parameters": [
+            {
+                "name": "session_id",
+                "in": "path",
+                "required": True,
+                "description": "A session's `id`; one outside the key's scope is not found either.",
+                "schema": {"type": "string"},
+            }
+        ],
+        "get": {
+            "operationId": "showSession",
+            "summary": "One live session (right `sessions`)",
+            "responses": {
+                "200": {"description": "The session.", "content": {JSON: {"schema": ref("SessionAnswer")}}},
+                "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
+                "404": error("No live session has that id (it may have ended).", "session_not_found"),
+                "429": error(f"Only {WRONG_KEYS[:-4]}: never with a valid key", "rate_limited", retry_after=True),
+            },
+        },
+        "delete": {
+            "operationId": "killSession",
+            "summary": "End a live session: its browser gets close code 4305 (right `kill`)",
+            "responses": {
+                "200": {
+                    "description": "The session as it was; its close follows within a moment.",
+                    "content": {JSON: {"schema": ref("SessionAnswer")}},
+                },
+                "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
+                "404": error("No live session has that id (it may have ended).", "session_not_found"),
+                "429": error(f"Only {WRONG_KEYS[:-4]}: never with a valid key", "rate_limited", retry_after=True),
+            },
+        },
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (right `sessions`; `metrics_listen` serves them without a key)",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": UNAUTHORIZED,
+                "403": FORBIDDEN,
+                "429": error(f"Only {WRONG_KEYS[:-4]}: never with a valid key", "rate_limited", retry_after=True),
+            },
+        }
+    },
+    # More calls go here, each with its schemas in SCHEMAS and its error codes as above;
+    # tests/unit/test_openapi.py fails until every REST route is described.
 }
 
 OPENAPI: dict[str, Any] = {

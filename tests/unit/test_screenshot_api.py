@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from test_api import assert_error
 
+from broker.access.keys import parse_keys
 from broker.errors import BrokerError
 from broker.images import MAX_WIDTH, MIN_WIDTH, ImageError, ppm, to_png
 from broker.model import DomainInfo
@@ -194,3 +195,20 @@ def test_screenshot_rate_limit_answers_429_with_retry_after(api, clock) -> None:
     response = api.client.get(url, headers=AUTH)
     assert_error(response, 429, "rate_limited")
     assert response.headers["retry-after"] == "10"
+
+
+def test_screenshots_need_the_right_and_the_domain_in_scope(api, monkeypatch) -> None:
+    keys = parse_keys(
+        [
+            {"label": "lister", "key": "l" * 20, "rights": ["list"]},
+            {"label": "web-thumbs", "key": "w" * 20, "domains": ["web-*"], "rights": ["screenshot"]},
+            {"label": "thumbs", "key": "t" * 20, "domains": [BUILTIN_DOMAIN], "rights": ["screenshot"]},
+        ]
+    )
+    monkeypatch.setattr(api.broker, "api_keys", keys)
+    url = f"/api/v1/domains/{BUILTIN_DOMAIN}/screenshot"
+    refused = assert_error(api.client.get(url, headers={"Authorization": "Bearer " + "l" * 20}), 403, "forbidden")
+    assert "'screenshot'" in refused["message"]
+    refused = assert_error(api.client.get(url, headers={"Authorization": "Bearer " + "w" * 20}), 403, "forbidden")
+    assert "outside the scope" in refused["message"]
+    assert api.client.get(url, headers={"Authorization": "Bearer " + "t" * 20}).status_code == 200
