@@ -13,8 +13,11 @@ from broker.access.keys import parse_keys
 from broker.errors import BrokerError
 from broker.images import MAX_WIDTH, MIN_WIDTH, ImageError, ppm, to_png
 from broker.model import DomainInfo
+from broker.sources.consoles import LibvirtConsoles
+from broker.sources.graphics import parse_target
+from broker.sources.static import CombinedConsoles, StaticConsoles, static_uuid
 from broker.web.screenshots import MAX_CACHED, Screenshots, screenshot_width
-from unit_support import AUTH, BUILTIN_DOMAIN, FakeClock, run_async
+from unit_support import AUTH, BUILTIN_DOMAIN, TEST_URI, FakeClock, run_async
 
 # -- the conversion ---------------------------------------------------------------------
 
@@ -212,3 +215,15 @@ def test_screenshots_need_the_right_and_the_domain_in_scope(api, monkeypatch) ->
     refused = assert_error(api.client.get(url, headers={"Authorization": "Bearer " + "w" * 20}), 403, "forbidden")
     assert "outside the scope" in refused["message"]
     assert api.client.get(url, headers={"Authorization": "Bearer " + "t" * 20}).status_code == 200
+
+
+def test_a_static_console_has_no_screenshot() -> None:
+    libvirt_consoles = LibvirtConsoles(TEST_URI)
+    consoles = CombinedConsoles(StaticConsoles({"desk": parse_target("tcp:127.0.0.1:5901")}), libvirt_consoles)
+    try:
+        with pytest.raises(BrokerError) as caught:
+            run_async(consoles.screenshot(static_uuid("desk")))
+    finally:
+        libvirt_consoles.close()
+    assert caught.value.failure.slug == "no_console"
+    assert "static console" in caught.value.message
