@@ -58,6 +58,8 @@ class Settings:
     max_session_length: float = SessionLimits.max_session_length
     mint_rate: float = SessionLimits.mint_rate
     mint_burst: int = SessionLimits.mint_burst
+    screenshot_cache: float = SessionLimits.screenshot_cache
+    screenshot_rate: float = SessionLimits.screenshot_rate
     # Serial consoles: may links force a busy console over (each link says so too), and how
     # many bytes of a console's log are replayed on attach (0: none).
     serial_take_over: bool = True
@@ -171,6 +173,8 @@ def _validate(raw: dict[str, Any]) -> Settings:
             max_session_length=_non_negative("max_session_length", raw.get("max_session_length", s.max_session_length)),
             mint_rate=_positive("mint_rate", raw.get("mint_rate", s.mint_rate)),
             mint_burst=_count("mint_burst", raw.get("mint_burst", s.mint_burst)),
+            screenshot_cache=_non_negative("screenshot_cache", raw.get("screenshot_cache", s.screenshot_cache)),
+            screenshot_rate=_positive("screenshot_rate", raw.get("screenshot_rate", s.screenshot_rate)),
             serial_take_over=_bool("serial_take_over", raw.get("serial_take_over", s.serial_take_over)),
             serial_history=_bytes("serial_history", raw.get("serial_history", s.serial_history)),
             audit_log=str(raw["audit_log"]) if raw.get("audit_log") else None,

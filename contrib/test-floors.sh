@@ -19,14 +19,14 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-    -c contrib/floor-constraints.txt -e . pytest hypothesis >"$VENV/.pip.log" 2>&1 \
+    -c contrib/floor-constraints.txt -e . pytest hypothesis openapi-spec-validator >"$VENV/.pip.log" 2>&1 \
     || { tail -30 "$VENV/.pip.log" >&2; log "FAILED: pip install with the floor constraints"; exit 1; }
   echo "$want" >"$STAMP"
 else
   log "$VENV already has the floor versions"
 fi
 log "versions: $("$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-  | grep -iE '^(libvirt-python|starlette|uvicorn|websockets|h11|httpx|cryptography|uvloop|prometheus[-_]client) ' | tr -s ' ' | tr '\n' ' ')"
+  | grep -iE '^(libvirt-python|starlette|uvicorn|websockets|h11|httpx|cryptography|uvloop|prometheus[-_]client|pillow) ' | tr -s ' ' | tr '\n' ' ')"
 status=0
 "$VENV/bin/python" -m pytest tests/unit -p no:cacheprovider -q "$@" || status=$?
 if [ "$status" -eq 5 ]; then

@@ -22,6 +22,10 @@ class SessionLimits:
     max_session_length: float = 0.0
     mint_rate: float = 120.0
     mint_burst: int = 30
+    # Screenshots (GET /api/v1/domains/{ident}/screenshot): how long one is kept per domain
+    # and width, and how many a minute one API key may have taken from libvirt.
+    screenshot_cache: float = 2.0
+    screenshot_rate: float = 120.0
 
 
 # Failed API-key attempts one client may make (AUTH_FAILURE_BURST at once, then

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
 
+from ..errors import NO_CONSOLE, BrokerError
 from ..model import ConsoleKind, ConsoleRef, DomainInfo, Stream, TcpEndpoint, UnixEndpoint, VncConsole
 from .consoles import Identifier, LibvirtConsoles, connect_endpoint
 
@@ -74,6 +75,15 @@ class CombinedConsoles:
         assert isinstance(endpoint, (TcpEndpoint, UnixEndpoint))
         backend = await connect_endpoint(info.name, endpoint, self.static.connect_timeout)
         return info, Stream(backend, endpoint, follow_rfb=False)
+
+    async def screenshot(self, uuid: str) -> tuple[str, bytes]:
+        info = self.static.by_uuid.get(uuid)
+        if info is not None:
+            raise BrokerError(
+                NO_CONSOLE,
+                f"{info.name!r} is a static console (static_consoles), not a libvirt domain: it has no screenshot.",
+            )
+        return await self.libvirt.screenshot(uuid)
 
     async def still_running(self, uuid: str, run_id: int) -> bool:
         return uuid in self.static.by_uuid or await self.libvirt.still_running(uuid, run_id)

@@ -43,9 +43,11 @@ from ..errors import (
     VM_STOPPED,
     BrokerError,
 )
-from ..access.keys import LIST, ApiKey, match
+from ..access.keys import LIST, SCREENSHOT, ApiKey, match
 from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
+from .openapi import OPENAPI
 from .proxy import CLI_SOCKET_SCOPE_KEY
+from .screenshots import SCREENSHOT_HEADERS, Screenshots, screenshot_width
 from ..relay.pump import SPLICE_EXTENSION, RelayEnd, relay
 from ..access.pages import COOKIE_NAME, PagePasses
 from ..access.tokens import Grant, MemoryTokenStore, MintedToken, Tokens
@@ -119,6 +121,7 @@ class ConsoleSource(Protocol):
     async def find(self, ident: str) -> DomainInfo: ...
     async def open(self, ref: ConsoleRef, *, take_over: bool = False) -> tuple[DomainInfo, Stream]: ...
     async def still_running(self, uuid: str, run_id: int) -> bool: ...
+    async def screenshot(self, uuid: str) -> tuple[str, bytes]: ...
 
 
 class Broker:
@@ -161,6 +164,7 @@ class Broker:
         self.failed_keys = RateLimiter(AUTH_FAILURE_RATE, AUTH_FAILURE_BURST)
         self.live = LiveSessions(limits)
         self.observe = Observer(self.live, audit, domain_label=metrics_domain_label)
+        self.screenshots = Screenshots(limits.screenshot_cache, limits.screenshot_rate)
         consoles.on_domain_ended(self.domain_ended)
 
     def domain_ended(self, uuid: str) -> None:
@@ -245,6 +249,20 @@ class Broker:
             ttl,
         )
         return JSONResponse(self.token_json(request, minted, domain), status_code=201)
+
+    async def screenshot(self, request: Request) -> Response:
+        """The domain's screen as a PNG (web/screenshots.py: cached, rate-limited per key)."""
+        key = self.authorize(request)
+        key.require(SCREENSHOT)
+        width = screenshot_width(request.query_params.multi_items())
+        domain = await self.consoles.find(request.path_params["ident"])
+        key.require(SCREENSHOT, domain.name, domain.uuid)
+        png = await self.screenshots.take(self.consoles, domain, width, key.label)
+        return Response(png.data, media_type="image/png", headers=SCREENSHOT_HEADERS)
+
+    async def openapi(self, request: Request) -> Response:
+        """The API's description (web/openapi.py); public, as README.md says why."""
+        return JSONResponse(OPENAPI, headers={"Cache-Control": "no-cache"})
 
     def authorize(self, request: Request) -> ApiKey:
         """The API key presented, or UNAUTHORIZED; RATE_LIMITED instead for a
@@ -669,6 +687,8 @@ def create_app(broker: Broker) -> Starlette:
         Route("/healthz", broker.healthz),
         Route("/api/v1/domains", broker.list_domains),
         Route("/api/v1/domains/{ident}/console", broker.create_console, methods=["POST"]),
+        Route("/api/v1/domains/{ident}/screenshot", broker.screenshot),
+        Route("/api/v1/openapi.json", broker.openapi),
         WebSocketRoute("/websockify", broker.websockify),
         Route("/console", broker.open_console_link),
         Route("/console/{uuid}/", broker.console_page),
