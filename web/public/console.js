@@ -10,6 +10,7 @@
 import RFB from './novnc/core/rfb.js';
 import KeyTable from './novnc/core/input/keysym.js';
 import { closeReason } from './closecodes.js';
+import { fetchSession } from './pagesession.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -72,17 +73,9 @@ function setState(state, message) {
 async function start() {
     delete document.body.dataset.closeCode;
     setState('connecting', 'Checking the console session…');
-    let response, body;
-    try {
-        response = await fetch('./session', { credentials: 'same-origin', cache: 'no-store' });
-        body = await response.json().catch(() => null);
-    } catch {
-        setState('error', 'The console broker could not be reached. Check the network and reconnect.');
-        return;
-    }
-    if (!response.ok || !body || !body.domain) {
-        const message = body && body.error && body.error.message;
-        setState('error', message || `The console session could not be opened (HTTP ${response.status}).`);
+    const { session: body, error } = await fetchSession();
+    if (error) {
+        setState('error', error);
         return;
     }
     // A serial console's session opened on this page (an old bookmark, a hand-made URL):

@@ -11,6 +11,7 @@
 import { Terminal } from './xterm/xterm/lib/xterm.mjs';
 import { FitAddon } from './xterm/addon-fit/lib/addon-fit.mjs';
 import { closeReason } from './closecodes.js';
+import { fetchSession } from './pagesession.js';
 import { mirrorBlockedStyles } from './cspstyles.js';
 
 const $ = (id) => document.getElementById(id);
@@ -118,17 +119,9 @@ function setState(state, message) {
 async function start(takeover = false) {
     delete document.body.dataset.closeCode;
     setState('connecting', 'Checking the console session…');
-    let response, body;
-    try {
-        response = await fetch('./session', { credentials: 'same-origin', cache: 'no-store' });
-        body = await response.json().catch(() => null);
-    } catch {
-        setState('error', 'The console broker could not be reached. Check the network and reconnect.');
-        return;
-    }
-    if (!response.ok || !body || !body.domain) {
-        const message = body && body.error && body.error.message;
-        setState('error', message || `The console session could not be opened (HTTP ${response.status}).`);
+    const { session: body, error } = await fetchSession();
+    if (error) {
+        setState('error', error);
         return;
     }
     // A VNC console's session opened on this page: its socket speaks RFB, not text.
