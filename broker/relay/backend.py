@@ -56,6 +56,12 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def wake(waiter: asyncio.Future[None] | None) -> None:
+    """Let a backend's read() or drain() that waits on `waiter` go on (if one waits)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
 class SocketBackend(asyncio.Protocol):
     """A console reached over a socket (TCP, UNIX, or one libvirt handed over): a Backend."""
 
@@ -179,9 +185,7 @@ class SocketBackend(asyncio.Protocol):
             self._sink.backend_closed()
 
     def _wake_reader(self) -> None:
-        if self._data_waiter is not None and not self._data_waiter.done():
-            self._data_waiter.set_result(None)
+        wake(self._data_waiter)
 
     def _wake_writer(self) -> None:
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        wake(self._drain_waiter)

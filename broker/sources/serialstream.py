@@ -30,7 +30,7 @@ from typing import Any
 import libvirt
 
 from ..errors import LIBVIRT_UNAVAILABLE, BrokerError
-from ..relay.backend import Sink
+from ..relay.backend import Sink, wake
 
 log = logging.getLogger("broker.serial")
 
@@ -77,7 +77,6 @@ class SerialBackend:
         self._release: asyncio.Task[None] | None = None
         # Why the stream failed, when it did rather than end (e.g. another client took the console over).
         self.failure: str | None = None
-        self.received = 0
         self._stream.eventAddCallback(_EVENTS, self._libvirt_event, None)
         self._watching = True
 
@@ -111,7 +110,6 @@ class SerialBackend:
             if not data:
                 self._end(None)
                 return
-            self.received += len(data)
             self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
@@ -246,12 +244,10 @@ class SerialBackend:
             log.debug("serial stream abort: %s", exc.message)
 
     def _wake_reader(self) -> None:
-        if self._data_waiter is not None and not self._data_waiter.done():
-            self._data_waiter.set_result(None)
+        wake(self._data_waiter)
 
     def _wake_writer(self) -> None:
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        wake(self._drain_waiter)
 
 
 def _send_fully(stream: libvirt.virStream, data: bytes, patience: float = 5.0) -> None:

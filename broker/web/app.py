@@ -433,8 +433,6 @@ class Broker:
                     if allowed is None:
                         raise input_refused(on_input)
                     stream.backend.write(allowed)
-                    if on_input is not None and on_input.finished:
-                        on_input = None
             if stream.kind is ConsoleKind.SERIAL:
                 await replay_history(websocket, stream, domain.name)
             log.info(
@@ -507,10 +505,9 @@ class Broker:
                     taken.append(other)
             force = take_over and grant.may_take_over and self.serial_take_over
             if force:  # our own sessions on that console hear why they end before libvirt cuts them
-                for other in self.live.of_domain(grant.console.uuid):
-                    if other.console == grant.console:
-                        other.end(BrokerError(TAKEN_OVER))
-                        taken.append(other)
+                for other in self.live.of_console(grant.console):
+                    other.end(BrokerError(TAKEN_OVER))
+                    taken.append(other)
             via = "page" if "uuid" in websocket.path_params else "link"
             viewer = ops.viewer_of(websocket, grant, via=via)
             session = self.live.add(grant.console, grant.name, viewer, grant.mode, grant.user)
