@@ -9,6 +9,8 @@ from contextlib import suppress
 
 import libvirt
 
+from .wait import wait_until
+
 URI = "qemu:///system"
 # BROKER_TEST_DOMAIN_PREFIX lets two test runs share one libvirtd without removing each
 # other's domains (a second checkout, a helper's run): every broker-test-* name is mapped.
@@ -138,11 +140,10 @@ def define_tiny(conn: libvirt.virConnect, name: str, log_path: str) -> libvirt.v
 
 def wait_for_line(path: str, text: str, timeout: float = 60.0) -> None:
     """Until `text` appears in the log file at `path` (a guest's serial log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with suppress(OSError):
-            with open(path, "rb") as log_file:
-                if text.encode() in log_file.read():
-                    return
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} did not appear in {path} within {timeout:g} s")
+
+    def logged() -> bool:
+        with suppress(OSError), open(path, "rb") as log_file:
+            return text.encode() in log_file.read()
+        return False  # not written yet
+
+    wait_until(logged, timeout, f"{text!r} in {path}", interval=0.2)
