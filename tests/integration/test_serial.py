@@ -206,24 +206,26 @@ def test_a_flooding_guest_and_a_browser_that_stops_reading_keep_memory_bounded(
     dom, log_path = serial_vm
     link = serial_link(serial_broker, dom.name())
     client = RawWebSocket(link["websocket_url"], receive_buffer=4096)
-    before, logged_before = serial_broker.rss_mib(), log_path.stat().st_size
-    line = b"flood-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-ABCDEFGHIJKLMNOPQRSTUVWX"
-    client.send_binary(b"yes '" + line + b"' | head -n %d; echo flood-''done\r" % FLOOD_LINES)
-    peak, started = before, time.monotonic()
-    while b"flood-done" not in log_path.read_bytes()[-200:]:
-        assert time.monotonic() - started < 90, "the guest printed too slowly"
-        peak = max(peak, serial_broker.rss_mib())
-        time.sleep(0.2)
-    flooded = (log_path.stat().st_size - logged_before) / 2**20
-    seconds = time.monotonic() - started
-    client.send_binary(b"echo after-''flood\r")
-    seen, deadline = bytearray(), time.monotonic() + 60
-    while b"after-flood" not in seen[-4096:]:
-        assert time.monotonic() < deadline, "the session did not come back after the flood"
-        opcode, data = client.read_frame()
-        if opcode == 0x2:
-            seen += data
-    client.close()
+    try:  # closed whatever happens: a session left open would keep the console busy (4208)
+        before, logged_before = serial_broker.rss_mib(), log_path.stat().st_size
+        line = b"flood-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789-ABCDEFGHIJKLMNOPQRSTUVWX"
+        client.send_binary(b"yes '" + line + b"' | head -n %d; echo flood-''done\r" % FLOOD_LINES)
+        peak, started = before, time.monotonic()
+        while b"flood-done" not in log_path.read_bytes()[-200:]:
+            assert time.monotonic() - started < 90, "the guest printed too slowly"
+            peak = max(peak, serial_broker.rss_mib())
+            time.sleep(0.2)
+        flooded = (log_path.stat().st_size - logged_before) / 2**20
+        seconds = time.monotonic() - started
+        client.send_binary(b"echo after-''flood\r")
+        seen, deadline = bytearray(), time.monotonic() + 60
+        while b"after-flood" not in seen[-4096:]:
+            assert time.monotonic() < deadline, "the session did not come back after the flood"
+            opcode, data = client.read_frame()
+            if opcode == 0x2:
+                seen += data
+    finally:
+        client.close()
     growth = peak - before
     print(f"\nflood: {flooded:.1f} MiB in {seconds:.1f} s; broker RSS {before:.1f} -> peak {peak:.1f} MiB")
     assert b"flood-done" in seen
