@@ -197,6 +197,11 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.read_paused = False
                 if not self._backlogged:
                     self.transport.resume_reading()
+            if not self.writable.is_set():
+                # The transport paused writing before the splice (history replayed to a
+                # browser that is not reading, say): pause_writing will not come again
+                # until it resumed, so the backend must know now, or nothing bounds it.
+                sink.browser_full()
             leftover = backend.splice(sink)
             if leftover:
                 sink.backend_data(leftover)

@@ -16,7 +16,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from support import vms
 from support.processes import BrokerProcess, start_broker
-from support.raw_ws import RawWebSocket
+from support.raw_ws import RawWebSocket, frame
 from support.ws import close_of
 
 PROMPT = b"tiny# "
@@ -30,8 +30,9 @@ def serial_vm(tiny_vm: tuple[libvirt.virDomain, Path]) -> tuple[libvirt.virDomai
 
 @pytest.fixture(scope="module")
 def serial_broker(tmp_path_factory: pytest.TempPathFactory, serial_vm) -> Iterator[BrokerProcess]:
-    # Pings every 60 s: the flood test's client reads nothing for a while, on purpose.
-    process = start_broker(tmp_path_factory.mktemp("serial-broker"), extra_env={"BROKER_PING_INTERVAL": "60"})
+    # Pings every 120 s: the flood test's client reads nothing for a while, on purpose (up to
+    # 90 s on a loaded machine), and a ping it cannot answer would end its session.
+    process = start_broker(tmp_path_factory.mktemp("serial-broker"), extra_env={"BROKER_PING_INTERVAL": "120"})
     yield process
     process.stop()
 
@@ -204,6 +205,12 @@ def test_a_flooding_guest_and_a_browser_that_stops_reading_keep_memory_bounded(
     minutes here: that the broker keeps only BUFFER_LIMIT and drops the oldest output is
     shown with a fake stream in tests/unit/test_serial_backend.py.)"""
     dom, log_path = serial_vm
+    # A full history first (as after a long test session): 64 KiB are replayed on attach to
+    # a client that is not reading, so the browser is full before the relay even starts.
+    filler = open_terminal(serial_broker, serial_link(serial_broker, dom.name()))
+    with filler.ws:
+        filler.until_control("live")
+        filler.run("yes history-filler-0123456789abcdefghijklmnop | head -n 1800; echo filled''-up", "filled-up")
     link = serial_link(serial_broker, dom.name())
     client = RawWebSocket(link["websocket_url"], receive_buffer=4096)
     try:  # closed whatever happens: a session left open would keep the console busy (4208)
@@ -219,17 +226,33 @@ def test_a_flooding_guest_and_a_browser_that_stops_reading_keep_memory_bounded(
         seconds = time.monotonic() - started
         client.send_binary(b"echo after-''flood\r")
         seen, deadline = bytearray(), time.monotonic() + 60
-        while b"after-flood" not in seen[-4096:]:
-            assert time.monotonic() < deadline, "the session did not come back after the flood"
-            opcode, data = client.read_frame()
-            if opcode == 0x2:
-                seen += data
+        try:
+            while b"after-flood" not in seen[-4096:]:
+                assert time.monotonic() < deadline, "the session did not come back after the flood"
+                opcode, data = client.read_frame()
+                if opcode == 0x2:
+                    seen += data
+                elif opcode == 0x9:  # a browser that reads again answers pings, or the broker's keepalive ends it
+                    client.send(frame(0xA, data))
+                elif opcode == 0x8:
+                    raise AssertionError(f"the broker closed the session: {data[:2].hex()} {data[2:].decode()!r}")
+        except (AssertionError, OSError) as exc:
+            raise AssertionError(f"{exc}; {_stall_evidence(serial_broker, client, seen)}") from exc
     finally:
         client.close()
     growth = peak - before
     print(f"\nflood: {flooded:.1f} MiB in {seconds:.1f} s; broker RSS {before:.1f} -> peak {peak:.1f} MiB")
     assert b"flood-done" in seen
     assert growth < 16, f"the broker grew by {growth:.1f} MiB while the guest printed {flooded:.1f} MiB"
+
+
+def _stall_evidence(broker: BrokerProcess, client: RawWebSocket, seen: bytearray) -> str:
+    """Where the output stopped, when it did: in the broker (its session's byte count) or in
+    TCP between it and the client (the sockets' queues)."""
+    port = client.sock.getsockname()[1]
+    sockets = subprocess.run(["ss", "-tnmi", f"( sport = :{port} or dport = :{port} )"], capture_output=True, text=True)
+    sessions = broker.api("GET", "/api/v1/sessions").text
+    return f"client has {len(seen)} B, last {bytes(seen[-120:])!r}; sockets:\n{sockets.stdout}\nsessions: {sessions}"
 
 
 def test_a_vm_destroyed_mid_session_closes_4300_at_once(

@@ -187,3 +187,43 @@ def test_input_goes_to_the_stream_in_order_and_backpressure_lifts() -> None:
     assert paused_at_first
     assert sent == b"".join(b"%04d" % i + b"k" * 1020 for i in range(100))
     assert can_write >= 1
+
+
+def test_output_that_arrives_around_pauses_is_all_delivered_in_order() -> None:
+    """The browser fills (pause), drains (resume: the kept output is flushed, which may fill
+    it again at once), and output keeps coming throughout: nothing is left behind in the
+    backend once the browser has drained, and the order holds."""
+
+    class FillingSink(RecordingSink):
+        """Full again whenever more than `room` bytes arrive in one delivery (uvloop calls
+        pause_writing from inside write())."""
+
+        def __init__(self, backend: SerialBackend, room: int) -> None:
+            super().__init__()
+            self.backend, self.room = backend, room
+
+        def backend_data(self, data: bytes) -> None:
+            super().backend_data(data)
+            if len(data) > self.room:
+                self.backend.pause_reading()
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        stream = FakeStream()
+        backend = SerialBackend(stream, run_now)  # type: ignore[arg-type]
+        sink = FillingSink(backend, room=100)
+        backend.splice(sink)
+        sent = b""
+        for step in range(50):
+            piece = b"%03d:" % step + b"y" * (7 * step)
+            sent += piece
+            stream.output.append(piece)
+            stream.readable()
+            await settle()
+            if step % 3 == 2:
+                backend.resume_reading()  # the browser drained
+        backend.resume_reading()
+        return sink.data, sent, len(backend._buffer)
+
+    delivered, sent, left = run_async(scenario())
+    assert left == 0
+    assert delivered == sent

@@ -74,6 +74,8 @@ def protocol_with_handshake_done() -> SplicingWebSocketProtocol:
     protocol.logger = __import__("logging").getLogger("test")
     protocol.loop = NoTimers()  # type: ignore[assignment]
     protocol._sink, protocol._reader = None, None
+    protocol.writable = asyncio.Event()
+    protocol.writable.set()
     return protocol
 
 
@@ -204,3 +206,38 @@ def test_text_frames_follow_the_kind_rule_given_to_the_splice() -> None:
     assert texts == ["queued", "ping"]
     assert to_console == b"onetwo"
     assert to_browser == (bytes((0x81, 4)) + b"pong") * 2
+
+
+def test_a_browser_already_full_when_the_splice_starts_pauses_the_backend_until_it_drains() -> None:
+    """pause_writing came while nothing was spliced (history sent to a browser that does not
+    read): the backend must start paused, and resume on the transport's resume_writing."""
+    from broker.relay.backend import SocketBackend
+
+    class VncTransport(BrowserTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reading = True
+
+        def pause_reading(self) -> None:
+            self.reading = False
+
+        def resume_reading(self) -> None:
+            self.reading = True
+
+    async def scenario() -> tuple[bool, bool]:
+        protocol = protocol_with_handshake_done()
+        protocol.writable.clear()  # what uvicorn's pause_writing did
+        backend = SocketBackend()
+        vnc = VncTransport()
+        backend.connection_made(vnc)  # type: ignore[arg-type]
+        relaying = asyncio.ensure_future(protocol.splice(backend, stop=asyncio.get_running_loop().create_future()))
+        await asyncio.sleep(0)
+        paused_at_start = not vnc.reading
+        protocol.writable.set()
+        protocol._sink.browser_drained()  # type: ignore[union-attr]  # what resume_writing does
+        reading_after = vnc.reading
+        relaying.cancel()
+        return paused_at_start, reading_after
+
+    paused_at_start, reading_after = run_async(scenario())
+    assert paused_at_start and reading_after
