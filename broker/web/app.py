@@ -337,10 +337,11 @@ class Broker:
     async def terminal_page(self, request: Request) -> Response:
         return self.page_file("terminal.html")
 
-    def page_file(self, name: str) -> Response:
-        """A console page (web/public/NAME.html as web/build.mjs built it), or 503 and how to build it."""
+    def page_file(self, name: str, *, static: str = "../../static", **values: str) -> Response:
+        """A console page (web/public/NAME.html as web/build.mjs built it, its {{placeholders}}
+        filled: `static` is the static files' URL relative to the page), or 503 and how to build it."""
         try:
-            page = self.web.render(name.removesuffix(".html"), static="../../static")
+            page = self.web.render(name.removesuffix(".html"), static=static, **values)
         except WebFilesMissing as exc:
             return PlainTextResponse(str(exc), status_code=503, headers=PAGE_HEADERS)
         return HTMLResponse(page, headers=PAGE_HEADERS)

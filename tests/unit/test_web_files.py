@@ -77,3 +77,23 @@ def test_the_error_page_uses_the_built_stylesheet(api) -> None:
     sheet = re.search(r'href="static/([^"]+\.css)"', dead.text)
     assert sheet, dead.text
     assert api.client.get(f"/static/{sheet[1]}").status_code == 200
+
+
+def test_every_file_a_page_names_is_built_compressed_and_licensed() -> None:
+    root = web_root()
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert set(manifest["pages"]) >= {"console", "terminal", "error"}
+    for name, path in manifest["pages"].items():
+        template = (root / path).read_text()
+        named = re.findall(r'(?:href|src)="\{\{static\}\}/([^"]+)"', template)
+        assert named, name
+        assert "../../static/" not in template and "node_modules" not in template, name
+        for file in named:
+            assert (root / "static" / file).is_file(), file
+            assert set(manifest["files"][file]["encodings"]) == {"gzip", "br"}, file
+    # Every npm package a bundle holds ships its license texts along.
+    assert set(manifest["licenses"]) == {"@novnc/novnc", "@xterm/xterm", "@xterm/addon-fit"}
+    for package, meta in manifest["licenses"].items():
+        assert meta["files"], package
+        assert all((root / "licenses" / f).is_file() for f in meta["files"])
+    assert "@novnc/novnc/vendor/pako/LICENSE" in manifest["licenses"]["@novnc/novnc"]["files"]
