@@ -678,6 +678,10 @@ def create_app(broker: Broker) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            broker.web.build()
+        except WebFilesMissing as exc:  # said once at start, not only to the first user
+            log.warning("console pages unavailable (they answer 503): %s", exc)
         watcher = asyncio.create_task(broker.watch_libvirt())
         yield
         watcher.cancel()

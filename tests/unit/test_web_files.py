@@ -97,3 +97,13 @@ def test_every_file_a_page_names_is_built_compressed_and_licensed() -> None:
         assert meta["files"], package
         assert all((root / "licenses" / f).is_file() for f in meta["files"])
     assert "@novnc/novnc/vendor/pako/LICENSE" in manifest["licenses"]["@novnc/novnc"]["files"]
+
+
+def test_a_broker_without_its_pages_says_so_when_it_starts(
+    make_api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(assets, "web_root", lambda: tmp_path)
+    with caplog.at_level("WARNING", logger="broker.app"):
+        api = make_api()
+    assert api.broker.web.root == tmp_path
+    assert any("console pages unavailable" in r.getMessage() and "not built" in r.getMessage() for r in caplog.records)
