@@ -16,6 +16,8 @@
 #      (its sha256 is kept in .venv/.broker-setup-pyproject.sha256)
 #   4. npm ci in web/, if web/package.json exists, when web/package-lock.json changed since
 #      the last run (stamp in web/node_modules/.broker-setup-lock.sha256)
+#   5. the console pages built into web/dist/ (npm run build: web/build.mjs), every run
+#      (about a second; reported as new only when the build changed)
 #
 # Environment:
 #   BROKER_SETUP_EXTRA_APT   more apt packages, space- or comma-separated
@@ -171,11 +173,30 @@ npm_install() {
   installed "web/node_modules" "${cmd[*]}, $(( $(date +%s) - t0 )) s"
 }
 
+# -- 5. the console pages' build ----------------------------------------------------------
+
+build_pages() {
+  local web="$ROOT/web" manifest="$ROOT/web/dist/manifest.json" before="" t0 log="$TMP/build.log"
+  [ -f "$web/build.mjs" ] || return 0
+  [ -f "$manifest" ] && before=$(sha "$manifest")
+  t0=$(date +%s.%N)
+  (cd "$web" && npm run --silent build) >"$log" 2>&1 \
+    || { tail -30 "$log" >&2; die "npm run build in web/ failed"; }
+  local took
+  took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if [ "$before" = "$(sha "$manifest")" ]; then
+    present "web/dist" "the console pages' build is current; npm run build, ${took} s"
+  else
+    installed "web/dist" "npm run build: the console pages bundled, ${took} s"
+  fi
+}
+
 install_apt
 check_python
 make_venv
 pip_install
 npm_install
+build_pages
 
 elapsed=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 join() {

@@ -21,10 +21,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..errors import (
@@ -45,6 +44,7 @@ from ..errors import (
 )
 from ..access.keys import LIST, SCREENSHOT, ApiKey, match
 from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
+from .assets import WebFiles, WebFilesMissing
 from .openapi import OPENAPI
 from .proxy import CLI_SOCKET_SCOPE_KEY
 from .screenshots import SCREENSHOT_HEADERS, Screenshots, screenshot_width
@@ -62,7 +62,6 @@ from . import ops
 
 log = logging.getLogger("broker.app")
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 # The console page and its links: never cached, never leak the URL onwards.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -71,25 +70,9 @@ PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'self'",
 }
 
-# Static files may be cached, but never sniffed into another type, and an HTML file among
-# them runs under the page's policy.
+# Static files are cached for good (web/assets.py), but never sniffed into another type, and
+# anything among them that a browser would render runs under the page's policy.
 STATIC_HEADERS = {k: v for k, v in PAGE_HEADERS.items() if k != "Cache-Control"}
-
-
-class WithHeaders:
-    """An ASGI app's responses, with `headers` added (Starlette's StaticFiles takes none)."""
-
-    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
-        self.app = app
-        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 class HostCheck:
@@ -137,7 +120,7 @@ class Broker:
         pages: PagePasses | None = None,
         allowed_origins: tuple[str, ...] = (),
         allowed_hosts: tuple[str, ...] = (),
-        web_dir: Path = WEB_DIR,
+        web_dir: Path | None = None,  # the built web files (default: web/assets.py's web_root())
         limits: SessionLimits | None = None,
         serial_take_over: bool = True,
         audit: AuditLog | None = None,
@@ -155,7 +138,7 @@ class Broker:
         self.public_url = public_url
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.allowed_hosts = allowed_hosts
-        self.web_dir = web_dir
+        self.web = WebFiles(web_dir, headers=STATIC_HEADERS)
         self.limits = limits = limits or SessionLimits()
         self.serial_take_over = serial_take_over  # the broker-wide switch; each link says too
         self.mint_limiter = RateLimiter(limits.mint_rate, limits.mint_burst)
@@ -354,11 +337,14 @@ class Broker:
     async def terminal_page(self, request: Request) -> Response:
         return self.page_file("terminal.html")
 
-    def page_file(self, name: str) -> Response:
-        page = self.web_dir / "public" / name
-        if not page.is_file():
-            return HTMLResponse(f"The console page is not installed (web/public/{name} is missing).", status_code=503)
-        return FileResponse(page, headers=PAGE_HEADERS)
+    def page_file(self, name: str, *, static: str = "../../static", **values: str) -> Response:
+        """A console page (web/public/NAME.html as web/build.mjs built it, its {{placeholders}}
+        filled: `static` is the static files' URL relative to the page), or 503 and how to build it."""
+        try:
+            page = self.web.render(name.removesuffix(".html"), static=static, **values)
+        except WebFilesMissing as exc:
+            return PlainTextResponse(str(exc), status_code=503, headers=PAGE_HEADERS)
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
     async def console_session(self, request: Request) -> Response:
         session = self.pages.check(request.cookies.get(COOKIE_NAME), request.path_params["uuid"])
@@ -375,16 +361,10 @@ class Broker:
         )
 
     def error_page(self, error: BrokerError) -> Response:
-        template_path = self.web_dir / "public" / "error.html"
         title = "Cannot open the console"
-        if template_path.is_file():
-            page = (
-                template_path.read_text()
-                .replace("{{title}}", html.escape(title))
-                .replace("{{message}}", html.escape(error.message))
-                .replace("{{static}}", "static")
-            )
-        else:
+        try:
+            page = self.web.render("error", static="static", title=title, message=error.message)
+        except WebFilesMissing:
             page = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{html.escape(error.message)}</p>"
         return HTMLResponse(page, status_code=error.failure.http_status, headers=PAGE_HEADERS)
 
@@ -694,17 +674,14 @@ def create_app(broker: Broker) -> Starlette:
         WebSocketRoute("/console/{uuid}/websockify", broker.console_websocket),
         *ops.routes(broker),
     ]
-    novnc = broker.web_dir / "node_modules" / "@novnc" / "novnc"
-    if novnc.is_dir():
-        routes.append(Mount("/static/novnc", WithHeaders(StaticFiles(directory=novnc), STATIC_HEADERS)))
-    xterm = broker.web_dir / "node_modules" / "@xterm"
-    if xterm.is_dir():
-        routes.append(Mount("/static/xterm", WithHeaders(StaticFiles(directory=xterm), STATIC_HEADERS)))
-    if (broker.web_dir / "public").is_dir():
-        routes.append(Mount("/static", WithHeaders(StaticFiles(directory=broker.web_dir / "public"), STATIC_HEADERS)))
+    routes.append(Route("/static/{name}", broker.web.static_file))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            broker.web.build()
+        except WebFilesMissing as exc:  # said once at start, not only to the first user
+            log.warning("console pages unavailable (they answer 503): %s", exc)
         watcher = asyncio.create_task(broker.watch_libvirt())
         yield
         watcher.cancel()

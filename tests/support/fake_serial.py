@@ -24,12 +24,12 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from broker.web.app import PAGE_HEADERS, STATIC_HEADERS, WEB_DIR, WithHeaders
+from broker.web.app import PAGE_HEADERS, STATIC_HEADERS
+from broker.web.assets import WebFiles
 
 UUID = "0b7c3f4e-5a51-4e3e-9d0c-3c1f2a6b9e10"
 
@@ -87,11 +87,13 @@ class FakeSerial:
         self._run(self.sockets[-1].close(code, reason))
 
     def app(self) -> Starlette:
+        web = WebFiles(headers=STATIC_HEADERS)  # the pages as built, like the broker's
+
         async def vnc_page(_request: Request) -> Response:
-            return FileResponse(WEB_DIR / "public" / "console.html", headers=PAGE_HEADERS)
+            return HTMLResponse(web.render("console", static="../../static"), headers=PAGE_HEADERS)
 
         async def page(_request: Request) -> Response:
-            return FileResponse(WEB_DIR / "public" / "terminal.html", headers=PAGE_HEADERS)
+            return HTMLResponse(web.render("terminal", static="../../static"), headers=PAGE_HEADERS)
 
         async def session(_request: Request) -> Response:
             return JSONResponse(self.session, headers=PAGE_HEADERS)
@@ -124,15 +126,7 @@ class FakeSerial:
                 Route(f"/console/{UUID}/", vnc_page),
                 Route(f"/console/{UUID}/session", session),
                 WebSocketRoute(f"/console/{UUID}/websockify", websocket),
-                Mount(
-                    "/static/xterm",
-                    WithHeaders(StaticFiles(directory=WEB_DIR / "node_modules" / "@xterm"), STATIC_HEADERS),
-                ),
-                Mount(
-                    "/static/novnc",
-                    WithHeaders(StaticFiles(directory=WEB_DIR / "node_modules" / "@novnc" / "novnc"), STATIC_HEADERS),
-                ),
-                Mount("/static", WithHeaders(StaticFiles(directory=WEB_DIR / "public"), STATIC_HEADERS)),
+                Route("/static/{name}", web.static_file),
             ]
         )
 

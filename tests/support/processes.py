@@ -32,6 +32,8 @@ class BrokerProcess:
     log_path: Path
     url: str
     env: dict[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] = tuple(BROKER)  # how `broker` is run: this checkout's, or an installed one
+    cwd: Path | None = None
 
     @property
     def api_key(self) -> str:
@@ -68,7 +70,9 @@ class BrokerProcess:
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `broker …` as a user on this host would: no flags pointing at the server."""
-        return subprocess.run([*BROKER, *args], env=self.env, capture_output=True, text=True, timeout=30, check=check)
+        return subprocess.run(
+            [*self.command, *args], env=self.env, cwd=self.cwd, capture_output=True, text=True, timeout=30, check=check
+        )
 
     def mint(self, domain: str, **body: object) -> dict[str, Any]:
         """A console link for `domain` over REST (201, or the test fails)."""
@@ -92,9 +96,15 @@ class BrokerProcess:
 
 
 def start_broker(
-    state_dir: Path, *args: str, extra_env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+    state_dir: Path,
+    *args: str,
+    extra_env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+    command: tuple[str, ...] = tuple(BROKER),
+    cwd: Path | None = None,
 ) -> BrokerProcess:
-    """`prefix` runs it through another command that execs it (e.g. `ip netns exec NAME`)."""
+    """`prefix` runs it through another command that execs it (e.g. `ip netns exec NAME`);
+    `command` is the broker to run (an installed one's `broker` script, run from `cwd`)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BROKER_STATE_DIR": str(state_dir), **(extra_env or {})}
     env.pop("BROKER_API_KEY", None)
@@ -103,7 +113,9 @@ def start_broker(
         args = (*args, "--listen", f"127.0.0.1:{free_port()}")
     log_path = state_dir / "broker.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen([*prefix, *BROKER, "serve", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*prefix, *command, "serve", *args], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + 20
     server_file = state_dir / "server.json"
     while True:
@@ -119,7 +131,7 @@ def start_broker(
                     httpx.Client(transport=transport).get("http://localhost/healthz", timeout=2)
                 else:
                     httpx.get(url + "/healthz", timeout=2)
-                return BrokerProcess(process, state_dir, log_path, url, env)
+                return BrokerProcess(process, state_dir, log_path, url, env, command, cwd)
             except httpx.TransportError:
                 pass
         if time.monotonic() > deadline:

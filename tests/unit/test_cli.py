@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,9 @@ def test_version(capsys) -> None:
     status, out, _ = run(capsys, "--version")
     assert status == 0
     assert out.strip() == f"broker {__version__}"
+    # From a checkout: the version its pyproject.toml says (the wheel test checks the installed one).
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert __version__ == pyproject["project"]["version"]
 
 
 def test_help_lists_the_commands(capsys) -> None:

@@ -1,5 +1,5 @@
-// A classic script, run before each console page's module: if the module or anything it
-// imports cannot be fetched (noVNC or xterm.js not installed, a proxy's 404), the module
+// A classic script, run before each console page's module: if the module (the page's
+// bundle, web/build.mjs) cannot be fetched (a broker without its build, a proxy's 404), the module
 // never runs and the page would say "Loading…" for ever. Say why instead.
 // Resource errors do not bubble, hence the capture on window.
 window.addEventListener('error', (event) => {
@@ -7,5 +7,5 @@ window.addEventListener('error', (event) => {
     document.body.dataset.state = 'error';
     document.getElementById('status').textContent =
         'This page could not load its scripts from the console broker. Reload the page; if that does not '
-        + 'help, the broker’s web files are incomplete (its npm packages in web/ are not installed).';
+        + 'help, the broker’s web files are incomplete.';
 }, true);
