@@ -147,6 +147,23 @@ def test_typing_reaches_the_guest_after_fullscreen_scaling_and_the_keys_menu(
     page.keyboard.type("menu", delay=20)
     page.keyboard.press("Enter")
     got(serial, ESC + "menu")
+
+    # A sticky Ctrl from the keys row also holds for a real keyboard typing on the screen:
+    # Ctrl-U erases the line so far, so only "desk" arrives.
+    page.click("#keyboard")
+    assert page.is_visible("#extra-keys")
+    page.click("#screen canvas")
+    page.keyboard.type("junk", delay=20)
+    page.click("#extra-keys [data-modifier='ctrl']")
+    assert page.evaluate("() => document.activeElement.tagName") == "CANVAS", "the keys row took the focus"
+    assert page.get_attribute("#extra-keys [data-modifier='ctrl']", "aria-pressed") == "true"
+    page.keyboard.press("u")
+    assert page.get_attribute("#extra-keys [data-modifier='ctrl']", "aria-pressed") == "false"
+    page.keyboard.type("desk", delay=20)
+    page.keyboard.press("Enter")
+    got(serial, "desk")
+    page.click("#keyboard")
+    assert not page.is_visible("#extra-keys")
     assert not page.js_errors
 
 
