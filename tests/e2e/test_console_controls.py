@@ -109,6 +109,28 @@ def test_stop_says_how_much_was_typed(stack, console_vm: libvirt.virDomain, page
     assert page.is_enabled("#clipboard-send")
 
 
+def test_a_connection_lost_while_typing_is_reported(stack, console_vm: libvirt.virDomain, page) -> None:
+    broker, nginx = stack
+    open_console(page, stack, console_vm)
+    page.fill("#clipboard-text", "y" * 2000)
+    page.click("#clipboard-send")
+    progress = "() => /^Typing [1-9]\\d*\\/2000…$/.test(document.getElementById('clipboard-note').textContent)"
+    page.wait_for_function(progress)
+    api = f"{nginx.url}/novnc/api/v1/sessions"  # the stack's broker listens on a UNIX socket only
+    headers = {"Authorization": f"Bearer {broker.api_key}"}
+    sessions = httpx.get(api, params={"domain": console_vm.name()}, headers=headers).json()["sessions"]
+    assert sessions
+    for session in sessions:  # an administrator ends the console session (4305)
+        assert httpx.delete(f"{api}/{session['id']}", headers=headers).status_code == 200
+    page.wait_for_selector("body[data-typed='lost']")
+    wait_state(page, "disconnected")
+    note = page.inner_text("#clipboard-note")
+    match = re.fullmatch(r"Connection lost after (\d+) of 2000 characters; the rest was not typed\.", note)
+    assert match and 0 < int(match.group(1)) < 2000, note
+    assert not page.is_visible("#clipboard-stop")
+    assert page.is_disabled("#clipboard-send")
+
+
 # -- focus and the Keys menu -----------------------------------------------------------------
 
 
