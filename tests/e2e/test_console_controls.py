@@ -232,6 +232,19 @@ def test_on_a_phone_the_toolbar_folds_away_and_the_on_screen_keys_reach_the_gues
     page.keyboard.press("Enter")
     got(serial, "kept")
 
+    # Autocorrect rewrites a word in place, in one input event: the Backspaces and letters
+    # it comes to (over 50 key events, more than QEMU queues) all arrive, paced.
+    page.keyboard.type("teh", delay=30)
+    page.evaluate(
+        """() => {
+            const field = document.getElementById('soft-keyboard');
+            field.value = field.value.slice(0, -3) + 'the quick brown fox jumps over';
+            field.dispatchEvent(new InputEvent('input', { inputType: 'insertReplacementText' }));
+        }"""
+    )
+    page.keyboard.press("Enter")
+    got(serial, "the quick brown fox jumps over")
+
     page.screenshot(path=str(artifacts / "console-phone-keys.png"))
     page.tap("#show-toolbar")
     assert page.is_visible("#toolbar")

@@ -11,7 +11,8 @@
 // A modifier tapped in the row latches (shown pressed) for the next key, from the row,
 // the soft keyboard or a real keyboard; tapped again, it lets go.
 
-import { MODIFIERS, NAMED, keysForChar, pressCombo } from './keys.js';
+import { MODIFIERS, NAMED, keysForChar } from './keys.js';
+import { keyQueue } from './keyqueue.js';
 
 const FILLER = '_'.repeat(64);
 // Keys the field's keydown sends itself (then no input event follows).
@@ -28,6 +29,7 @@ export function setupTouch(getRfb, focusScreen) {
     const row = $('extra-keys');
     const field = $('soft-keyboard');
     const latched = new Set();
+    const send = keyQueue(getRfb);
     let last = FILLER;
 
     function showLatched() {
@@ -39,9 +41,7 @@ export function setupTouch(getRfb, focusScreen) {
     // Sends keys (a combination: pressed in order, released in reverse) with the latched
     // modifiers held around them, then lets the modifiers go.
     function sendKeys(keys) {
-        const rfb = getRfb();
-        if (!rfb) return;
-        pressCombo(rfb, [...MODIFIERS.filter((m) => latched.has(m)).map((m) => NAMED[m]), ...keys]);
+        send([...MODIFIERS.filter((m) => latched.has(m)).map((m) => NAMED[m]), ...keys]);
         if (latched.size) {
             latched.clear();
             showLatched();
