@@ -233,7 +233,7 @@ def test_on_a_phone_the_toolbar_folds_away_and_the_on_screen_keys_reach_the_gues
     got(serial, "kept")
 
     # Autocorrect rewrites a word in place, in one input event: the Backspaces and letters
-    # it comes to (over 50 key events, more than QEMU queues) all arrive, paced.
+    # it comes to (over 50 key events at once) all arrive, in order.
     page.keyboard.type("teh", delay=30)
     page.evaluate(
         """() => {
