@@ -34,7 +34,8 @@ export function setupScaling(getRfb, focusScreen) {
         pan.setAttribute('aria-pressed', String(on));
     }
 
-    function apply() {
+    // `connected`: called from RFB's connect event (whichever listener set the page's state first).
+    function apply(connected = document.body.dataset.state === 'connected') {
         const rfb = getRfb();
         if (!rfb) return;
         clearTimeout(check);
@@ -46,7 +47,7 @@ export function setupScaling(getRfb, focusScreen) {
         rfb.resizeSession = mode === 'remote';
         if (mode !== 'none') setPan(false);
         pan.hidden = !(mode === 'none' && rfb.clippingViewport);
-        if (mode === 'remote') checkRemote(rfb);
+        if (mode === 'remote') checkRemote(rfb, connected);
         else say('');
     }
 
@@ -58,12 +59,12 @@ export function setupScaling(getRfb, focusScreen) {
     }
 
     // Did the server take the window's size? Asked once the first frame is in.
-    function checkRemote(rfb) {
+    function checkRemote(rfb, connected) {
         if (document.body.dataset.mode === 'view-only') {
             fallBack('A view-only link cannot resize the VM’s screen.');
             return;
         }
-        if (document.body.dataset.state !== 'connected') return;  // asked again on connect
+        if (!connected) return;  // asked again on connect
         say('');
         check = setTimeout(() => {
             if (rfb !== getRfb() || scale.value !== 'remote') return;
@@ -83,7 +84,7 @@ export function setupScaling(getRfb, focusScreen) {
         focusScreen();
     });
     pan.addEventListener('click', () => setPan(pan.getAttribute('aria-pressed') !== 'true'));
-    coarse.addEventListener('change', apply);
+    coarse.addEventListener('change', () => apply());
 
     return {
         attach(rfb) {
@@ -91,7 +92,7 @@ export function setupScaling(getRfb, focusScreen) {
                 pan.hidden = !(scale.value === 'none' && rfb.clippingViewport);
                 if (pan.hidden) setPan(false);
             });
-            rfb.addEventListener('connect', apply);
+            rfb.addEventListener('connect', () => apply(true));
             apply();
         },
     };
