@@ -8,9 +8,9 @@
 // and new URL(..., location.href) resolve against the page: hence ./novnc/ here.)
 
 import RFB from './novnc/core/rfb.js';
-import KeyTable from './novnc/core/input/keysym.js';
 import { closeReason } from './closecodes.js';
 import { fetchSession } from './pagesession.js';
+import { setupControls } from './controls.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -18,13 +18,7 @@ const ui = {
     status: $('status'),
     screen: $('screen'),
     reconnect: $('reconnect'),
-    scale: $('scale'),
-    fullscreen: $('fullscreen'),
-    ctrlAltDel: $('ctrl-alt-del'),
-    keys: $('keys'),
     clipboardText: $('clipboard-text'),
-    clipboardSend: $('clipboard-send'),
-    clipboardNote: $('clipboard-note'),
     viewOnlyBadge: $('view-only-badge'),
 };
 
@@ -37,28 +31,14 @@ const VNC_REASONS = {
     4301: 'The VNC server closed the connection.',
 };
 
-// Key combinations for the "Other keys" menu: [keysym, KeyboardEvent.code] pairs,
-// pressed in order and released in reverse. The code lets noVNC send QEMU's
-// scancode-based key event, which does not depend on the guest's keymap.
-const COMBOS = {
-    'ctrl-alt-f1': [[KeyTable.XK_Control_L, 'ControlLeft'], [KeyTable.XK_Alt_L, 'AltLeft'], [KeyTable.XK_F1, 'F1']],
-    'ctrl-alt-f2': [[KeyTable.XK_Control_L, 'ControlLeft'], [KeyTable.XK_Alt_L, 'AltLeft'], [KeyTable.XK_F2, 'F2']],
-    'alt-tab': [[KeyTable.XK_Alt_L, 'AltLeft'], [KeyTable.XK_Tab, 'Tab']],
-    'esc': [[KeyTable.XK_Escape, 'Escape']],
-    'ctrl-c': [[KeyTable.XK_Control_L, 'ControlLeft'], [KeyTable.XK_c, 'KeyC']],
-};
-
-// Characters that need Shift on a US keyboard. Typed text is sent as keysyms, and
-// QEMU turns a keysym into a scancode with its keymap: 'A' and 'a' share one key,
-// so without a real Shift press the guest would see 'a'.
-const SHIFTED = /[A-Z~!@#$%^&*()_+{}|:"<>?]/;
-
 let rfb = null;      // the current RFB object; a new one for every connection
 let socket = null;   // the WebSocket given to it
 let failure = '';    // why noVNC itself gave up (it closes the socket with no reason)
 // The link's mode, from the broker: view-only links show the screen only. The broker
 // drops their input itself; the page just does not offer what would be dropped.
 let viewOnly = false;
+// The toolbar, keys, typing, touch and settings (controls.js): told of every new RFB.
+const controls = setupControls(() => rfb);
 
 function setState(state, message) {
     document.body.dataset.state = state;
@@ -125,8 +105,7 @@ function connect() {
         failure = 'The VNC server asks for a password; this console does not support that.';
         rfb.disconnect();
     });
-    rfb.addEventListener('clipboard', (event) => { ui.clipboardText.value = event.detail.text; });
-    applyScale();
+    controls.attach(rfb);
 }
 
 function closed(ws, event, ended) {
@@ -140,81 +119,6 @@ function closed(ws, event, ended) {
     setState('disconnected', `Disconnected: ${reason}`);
 }
 
-function applyScale() {
-    if (!rfb) return;
-    rfb.scaleViewport = ui.scale.value === 'fit';
-    rfb.resizeSession = ui.scale.value === 'remote';
-}
-
-function sendCombo(keys) {
-    keys.forEach(([keysym, code]) => rfb.sendKey(keysym, code, true));
-    [...keys].reverse().forEach(([keysym, code]) => rfb.sendKey(keysym, code, false));
-}
-
-// Type text into the guest as key presses: printable ASCII, Tab and newlines.
-// Returns how many characters had to be skipped.
-function typeText(text) {
-    let skipped = 0;
-    for (const ch of text.replace(/\r\n?/g, '\n')) {
-        let keysym;
-        if (ch === '\n') keysym = KeyTable.XK_Return;
-        else if (ch === '\t') keysym = KeyTable.XK_Tab;
-        else if (ch >= ' ' && ch <= '~') keysym = ch.charCodeAt(0);  // ASCII keysyms are the char codes
-        else { skipped++; continue; }
-        // No KeyboardEvent.code: the keysym decides, so QEMU maps it with its keymap.
-        if (SHIFTED.test(ch)) {
-            sendCombo([[KeyTable.XK_Shift_L, 'ShiftLeft'], [keysym, undefined]]);
-        } else {
-            rfb.sendKey(keysym, undefined);
-        }
-    }
-    return skipped;
-}
-
 ui.reconnect.addEventListener('click', start);
-
-ui.scale.addEventListener('change', () => {
-    applyScale();
-    try { localStorage.setItem('console.scale', ui.scale.value); } catch { /* storage off */ }
-});
-try {
-    const saved = localStorage.getItem('console.scale');
-    if (saved && [...ui.scale.options].some((o) => o.value === saved)) ui.scale.value = saved;
-} catch { /* storage off */ }
-
-// Full screen takes the toolbar along, so Ctrl-Alt-Del stays within reach.
-const container = $('app');
-ui.fullscreen.disabled = !document.fullscreenEnabled;
-ui.fullscreen.addEventListener('click', () => {
-    if (document.fullscreenElement) document.exitFullscreen();
-    else container.requestFullscreen().catch(() => {});
-});
-document.addEventListener('fullscreenchange', () => {
-    ui.fullscreen.textContent = document.fullscreenElement ? 'Exit fullscreen' : 'Fullscreen';
-});
-
-ui.ctrlAltDel.addEventListener('click', () => {
-    rfb.sendCtrlAltDel();
-    rfb.focus();
-});
-
-ui.keys.addEventListener('change', () => {
-    const combo = COMBOS[ui.keys.value];
-    ui.keys.value = '';  // a menu of actions, not a setting
-    if (combo) {
-        sendCombo(combo);
-        rfb.focus();
-    }
-});
-
-ui.clipboardSend.addEventListener('click', () => {
-    const text = ui.clipboardText.value;
-    const skipped = typeText(text);
-    rfb.clipboardPasteFrom(text);  // for guests with a clipboard agent
-    ui.clipboardNote.textContent = skipped
-        ? `Sent; ${skipped} character(s) that are not plain ASCII were not typed.`
-        : 'Sent.';
-    rfb.focus();
-});
 
 start();
