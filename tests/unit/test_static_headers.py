@@ -16,7 +16,7 @@ from broker.web.app import PAGE_HEADERS
         "/static/novnc/core/rfb.js",
         "/static/terminal.js",
         "/static/closecodes.js",
-        "/static/pagesession.js",
+        "/static/session.js",
         "/static/pageload.js",
         "/static/xterm/xterm/lib/xterm.mjs",
         "/static/xterm/xterm/css/xterm.css",
