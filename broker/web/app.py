@@ -150,7 +150,7 @@ class Broker:
             raise ValueError("at least one API key is required")
         self.consoles = consoles
         self.tokens = tokens
-        self.pages = pages or PagePasses()
+        self.pages = pages if pages is not None else PagePasses()  # an empty one is falsy (__len__)
         # Plain strings (tests, embedding): full-rights keys labelled by position.
         self.api_keys = tuple(
             key if isinstance(key, ApiKey) else ApiKey.full(f"key{n}", key) for n, key in enumerate(api_keys, 1)
