@@ -94,6 +94,9 @@ export class PageLink {
     // Open a socket. `quiet`: an automatic retry, which keeps the waiting message up.
     connect({ takeover = false, quiet = false } = {}) {
         clearTimeout(this.timer);
+        // Reconnect pressed while an automatic retry was due: try now, and keep waiting if
+        // that fails the same way (the broker still away, the VM still off).
+        if (document.body.dataset.state === 'waiting' && !takeover) quiet = true;
         if (!quiet) this.retries = 0;
         if (!this.credential) return this.end(NO_SESSION);
         if (this.expired) return this.end(EXPIRED);
