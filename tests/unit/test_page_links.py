@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.websockets import WebSocketDisconnect
 
 from broker.access.pages import PASSES_FILE, PagePasses
 from broker.access.tokens import MemoryTokenStore, Tokens
@@ -166,6 +167,14 @@ def test_a_pass_file_others_may_read_is_not_trusted(tmp_path: Path, clock: FakeC
 # -- the page socket through the app ----------------------------------------------------
 
 
+def end_from_the_vnc_side(ws: Any, vnc_server: Any) -> None:
+    """As the other unit tests do: the server ends the session, so the TestClient's own
+    exit does not cancel the app mid-relay."""
+    vnc_server.drop_clients()
+    with pytest.raises(WebSocketDisconnect):
+        ws.receive_bytes()
+
+
 def test_the_page_socket_spends_the_link_and_answers_with_a_session(api, define_domain, vnc_server) -> None:
     from unit_support import vnc_graphics
 
@@ -176,10 +185,13 @@ def test_the_page_socket_spends_the_link_and_answers_with_a_session(api, define_
     with page_socket(api.client, uuid, token=token) as ws:
         session = session_of(ws)
         assert ws.receive_bytes() == vnc_server.GREETING
+        end_from_the_vnc_side(ws, vnc_server)
     assert session["domain"] == {"name": domain.name(), "uuid": uuid}
     assert (session["kind"], session["console"], session["mode"]) == ("vnc", "graphics 0", "interactive")
     with page_socket(api.client, uuid, **{"pass": session["pass"]}) as ws:
         assert session_of(ws)["pass"] == session["pass"]
+        assert ws.receive_bytes() == vnc_server.GREETING
+        end_from_the_vnc_side(ws, vnc_server)
     page = api.client.get(f"/console?token={token}")
     assert page.status_code == 401 and "already used" in page.text
 
