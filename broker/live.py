@@ -96,7 +96,7 @@ class LiveSession:
         return time.time() - max(0.0, asyncio.get_running_loop().time() - last)
 
     def to_json(self) -> dict[str, Any]:
-        """What the sessions API shows: nothing secret (no token, cookie or key)."""
+        """What the sessions API shows: nothing secret (no token, page pass or key)."""
         last_input = self.last_input_at()
         return {
             "id": self.id,
