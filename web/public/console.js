@@ -56,6 +56,7 @@ const SHIFTED = /[A-Z~!@#$%^&*()_+{}|:"<>?]/;
 let rfb = null;      // the current RFB object; a new one for every connection
 let socket = null;   // the WebSocket given to it
 let ended = false;   // RFB has reported 'disconnect' for it
+let drawn = false;   // RFB connected on it, so its canvas holds the VM's screen
 let failure = '';    // why noVNC itself gave up (it closes the socket with no reason)
 // The link's mode, from the broker: view-only links show the screen only. The broker
 // drops their input itself; the page just does not offer what would be dropped.
@@ -89,11 +90,13 @@ function session(body) {
 function attach(ws) {
     failure = '';
     ended = false;
+    drawn = false;
     socket = ws;
     rfb = new RFB(ui.screen, ws, { shared: true });
     rfb.viewOnly = viewOnly;
     rfb.addEventListener('disconnect', () => { if (ws === socket) ended = true; });
     rfb.addEventListener('connect', () => {
+        drawn = true;
         dropLastFrame(ui.screen);
         link.live();
         setState('connected', viewOnly ? 'Connected (view only)' : 'Connected');
@@ -116,8 +119,9 @@ function describe(event) {
 
 function closed() {
     if (!rfb || !socket) return;  // closed before the broker handed the console over
-    // The last frame stays, dimmed: RFB removes its canvas once it has disconnected.
-    keepLastFrame(ui.screen);
+    // The last frame stays, dimmed: RFB removes its canvas once it has disconnected. An
+    // attempt that never connected (the VM still off) keeps the copy we have.
+    if (drawn) keepLastFrame(ui.screen);
     // A close while RFB is still handshaking counts as a protocol failure to RFB,
     // which logs it as a console error. For us a refusal is an ordinary end:
     // disconnecting first (we run before RFB's own close handler) makes it one.

@@ -149,7 +149,8 @@ function opened(ws) {
     pinger = setInterval(keepalive, PING_EVERY_MS);
     settle = setTimeout(() => ready(ws), SETTLE_MS);
     delete document.body.dataset.history;
-    ui.status.textContent = 'Opening the console…';
+    // An automatic retry keeps saying what it waits for until the console is really back.
+    if (document.body.dataset.state !== 'waiting') ui.status.textContent = 'Opening the console…';
     sendControl({ type: 'resize', cols: term.cols, rows: term.rows });
 }
 
