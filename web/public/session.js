@@ -26,6 +26,7 @@ const FINAL = new Set([4100, 4101, 4102, 4103, 4104, 4105, 4106, 4305]);
 // The VM is not running: the pass waits for it to start again.
 const VM_DOWN = new Set([4201, 4300]);
 const GOING_AWAY = 1001;  // the broker is restarting (or stopping)
+const RESTART = 1012;     // uvicorn's own close for a socket still opening at shutdown
 const LOST = 1006;        // no close frame: the broker (or its proxy) is not there
 
 const NO_SESSION = 'This browser tab holds no console session; ask for a new console link.';
@@ -166,7 +167,7 @@ export class PageLink {
             state = 'waiting';
             message = VM_WAITING;
             delay = VM_RETRY_MS;
-        } else if (event.code === GOING_AWAY || (waiting && event.code === LOST)) {
+        } else if (event.code === GOING_AWAY || event.code === RESTART || (waiting && event.code === LOST)) {
             state = 'waiting';
             message = waiting && document.body.dataset.waitingFor === 'vm' ? VM_WAITING : RESTARTING;
             delay = RESTART_RETRY_MS[Math.min(this.retries, RESTART_RETRY_MS.length - 1)];
