@@ -314,14 +314,6 @@ class Broker:
             "mode": minted.grant.mode.value,
         }
 
-    def base_path(self, request: HTTPConnection) -> str:
-        """The path the broker is served under, as the browser sees it: public_url's when
-        configured (a front that is not a trusted proxy sends no X-Forwarded-Prefix), else
-        the prefix a trusted proxy gave."""
-        if self.public_url:
-            return urlsplit(self.public_url).path.rstrip("/")
-        return str(request.scope.get("root_path", ""))
-
     def base_url(self, request: HTTPConnection) -> str:
         if self.public_url:
             return self.public_url
