@@ -45,6 +45,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ("unix",)
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # Panel origins that may show the console page in an iframe (CSP frame-ancestors).
+    frame_ancestors: tuple[str, ...] = ()
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     max_message_size: int = 1024 * 1024
@@ -160,6 +162,7 @@ def _validate(raw: dict[str, Any]) -> Settings:
             trusted_proxies=_proxies(raw.get("trusted_proxies", s.trusted_proxies)),
             allowed_origins=_origins(raw.get("allowed_origins", s.allowed_origins)),
             allowed_hosts=_hosts(raw.get("allowed_hosts", s.allowed_hosts)),
+            frame_ancestors=_frame_ancestors(raw.get("frame_ancestors", s.frame_ancestors)),
             ping_interval=_non_negative("ping_interval", raw.get("ping_interval", s.ping_interval)),
             ping_timeout=_positive("ping_timeout", raw.get("ping_timeout", s.ping_timeout)),
             max_message_size=int(_positive("max_message_size", raw.get("max_message_size", s.max_message_size))),
@@ -314,6 +317,22 @@ def _origins(value: Any) -> tuple[str, ...]:
     for origin in origins:
         if not origin.startswith(("http://", "https://")) or origin.count("/") > 2:
             raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://panel.example.com")
+    return origins
+
+
+# scheme://host[:port]: no path, no wildcard, nothing a CSP source list would read as a
+# second source or a keyword (space, semicolon, comma, quote).
+_ORIGIN_PATTERN = re.compile(r"https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
+
+def _frame_ancestors(value: Any) -> tuple[str, ...]:
+    """Origins of panels that may embed the console page; each goes into the page's CSP."""
+    origins = tuple(origin.rstrip("/") for origin in _list(value))
+    for origin in origins:
+        if not _ORIGIN_PATTERN.fullmatch(origin):
+            raise ValueError(
+                f"frame_ancestors: {origin!r} is not an origin like https://panel.example.com (scheme, host, port)"
+            )
     return origins
 
 

@@ -1,6 +1,6 @@
 """The live console sessions: which consoles are being relayed now, and the caps on them.
 
-A live session is a relay in progress (not the console page's cookie, access/pages.py):
+A live session is a relay in progress (not the console page's pass, access/pages.py):
 something outside the relay may need to end it with a reason (the VM stopped, the
 broker shuts down, its time is up, an operator killed it), and new ones are counted
 against the broker-wide and per-console limits before any libvirt call is made.
@@ -37,13 +37,13 @@ class Viewer:
     """Who opened a session: the client's address (through trusted proxies only), its
     User-Agent (cut to MAX_USER_AGENT characters), the label of the API key whose link
     it spent ("cli" for links minted over the CLI socket) and how it came in
-    ("link": a token on /websockify; "page": the console page's cookie)."""
+    ("link": a token on /websockify; "page": the console page, by its link or pass)."""
 
     client: str = "unknown"
     user_agent: str = ""
     minted_by: str = ""
     via: str = "link"
-    # The digest of the console page's pass (cookie) that opened it, so that a kill ends
+    # The digest of the console page's pass that opened it, so that a kill ends
     # the pass too; never shown.
     page: str = field(default="", repr=False)
 
@@ -96,7 +96,7 @@ class LiveSession:
         return time.time() - max(0.0, asyncio.get_running_loop().time() - last)
 
     def to_json(self) -> dict[str, Any]:
-        """What the sessions API shows: nothing secret (no token, cookie or key)."""
+        """What the sessions API shows: nothing secret (no token, page pass or key)."""
         last_input = self.last_input_at()
         return {
             "id": self.id,

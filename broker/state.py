@@ -155,26 +155,42 @@ class ServerInfo:
 
 
 def write_server_file(state_dir: Path, info: dict[str, Any]) -> Path:
-    """Write STATE_DIR/server.json atomically, through a temporary file created with
-    O_EXCL|O_NOFOLLOW: a symbolic link planted at the temporary path is removed, never
-    followed (the old write_text() would have let it point root's write at any file)."""
+    """Write STATE_DIR/server.json atomically (no secret in it: mode 0644)."""
     path = state_dir / SERVER_FILE
-    tmp = state_dir / (SERVER_FILE + ".tmp")
+    write_private_file(path, json.dumps(info) + "\n", mode=0o644)
+    return path
+
+
+def write_private_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` atomically with `text`, through a temporary file created with
+    O_EXCL|O_NOFOLLOW: a symbolic link planted at the temporary path is removed, never
+    followed (a plain write_text() would let it point root's write at any file)."""
+    tmp = path.with_name(path.name + ".tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, flags, 0o644)
+        fd = os.open(tmp, flags, mode)
     except FileExistsError:
         os.unlink(tmp)  # left by a crash (or planted): unlinking a link never touches its target
-        fd = os.open(tmp, flags, 0o644)
+        fd = os.open(tmp, flags, mode)
     try:
         with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # no secret in it
-            fh.write(json.dumps(info) + "\n")
+            os.fchmod(fh.fileno(), mode)  # whatever the umask
+            fh.write(text)
         os.replace(tmp, path)  # replaces a link at `path` itself, never its target
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def read_private_file(path: Path, limit: int = 4 * 1024 * 1024) -> str:
+    """A file the server wrote with write_private_file: a regular file of ours that nobody
+    else may read or write, never through a symbolic link; else OSError (PermissionError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise PermissionError(f"not a regular file of uid {os.geteuid()} with mode 0600 (mode {_mode(st)})")
+        return fh.read(limit).decode("utf-8", "replace")
 
 
 def read_server_file(state_dir: Path, owner: int) -> ServerInfo:

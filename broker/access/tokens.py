@@ -171,11 +171,19 @@ class Tokens:
 
     def redeem(self, token: str | None) -> Grant:
         """Spend a token. Raises BrokerError saying why it opens nothing."""
+        return self._look_up(token, self.store.claim)
+
+    def peek(self, token: str | None) -> Grant:
+        """What redeem would answer, without spending the token: for a plain GET of the
+        console link, which link previewers and mail scanners make too."""
+        return self._look_up(token, self.store.get)
+
+    def _look_up(self, token: str | None, lookup: Callable[[str], Grant | None]) -> Grant:
         if not token:
             raise BrokerError(TOKEN_MISSING)
         if not _TOKEN_SHAPE.fullmatch(token):
             raise BrokerError(TOKEN_INVALID)
-        grant = self.store.claim(digest_of(token))
+        grant = lookup(digest_of(token))
         if grant is None:
             raise BrokerError(TOKEN_INVALID)
         if grant.revoked:

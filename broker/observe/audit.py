@@ -3,7 +3,7 @@
 Every event has the schema version `v`, the time `ts` (UTC, ISO 8601, milliseconds) and
 its `event` name; the rest is per event (README, "Operating it"). Events are built from
 values the broker chose to show (session ids, key labels, domain names, reason slugs,
-client addresses), never from a token, cookie, API key, VNC password or query string.
+client addresses), never from a token, page pass, API key, VNC password or query string.
 
 The file is opened for appending and reopened on SIGHUP, so logrotate can move it away
 (contrib/logrotate/vm-console-broker). A write that fails (a full disk) is logged once

@@ -2,7 +2,7 @@
 
 The app calls one method per event, where it happens; this module decides what each
 event counts and records. Everything passed in is already safe to show: key labels (never
-keys), session ids (never tokens or cookies), reason slugs, client addresses.
+keys), session ids (never tokens or page passes), reason slugs, client addresses.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 
 from ..access.keys import ApiKey
-from ..access.pages import PagePasses
+from ..access.pages import PASSES_FILE, PagePasses
 from ..access.tokens import MemoryTokenStore, Tokens
 from ..config import Settings
 from ..logs import logging_config
@@ -227,7 +227,7 @@ def serve(settings: Settings) -> None:
         LibvirtConsoles(settings.connect, timeout=settings.libvirt_timeout, history_limit=settings.serial_history),
     )
     tokens = Tokens(MemoryTokenStore(), default_ttl=settings.token_ttl, max_ttl=settings.token_max_ttl)
-    pages = PagePasses(MemoryTokenStore(), window=settings.session_window)
+    pages = PagePasses(window=settings.session_window, path=settings.state_dir / PASSES_FILE)
     try:
         audit = AuditLog(settings.audit_log)
     except AuditError as exc:
@@ -245,6 +245,7 @@ def serve(settings: Settings) -> None:
         pages=pages,
         allowed_origins=settings.allowed_origins,
         allowed_hosts=settings.allowed_hosts,
+        frame_ancestors=settings.frame_ancestors,
         limits=settings.limits,
         serial_take_over=settings.serial_take_over,
         audit=audit,

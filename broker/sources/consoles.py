@@ -118,20 +118,22 @@ class LibvirtConsoles:
         self._stuck: list[_Worker] = []
         self._workers_started = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_ended: list[Callable[[str], None]] = []
+        self._on_ended: list[Callable[[str, bool], None]] = []
         start_libvirt_event_loop()
 
-    def on_domain_ended(self, callback: Callable[[str], None]) -> None:
-        """Call callback(uuid) on the asyncio loop when a domain stops, crashes or is undefined."""
+    def on_domain_ended(self, callback: Callable[[str, bool], None]) -> None:
+        """Call callback(uuid, undefined) on the asyncio loop when a domain stops, crashes
+        (undefined False) or is undefined (True)."""
         self._on_ended.append(callback)
 
     def _lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, _detail: int, _opaque: Any) -> None:
         # Runs on libvirt's event thread: hand over to the asyncio loop.
         if event in _ENDED and self._loop is not None:
             uuid = dom.UUIDString()
+            undefined = event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED
             for callback in self._on_ended:
                 try:
-                    self._loop.call_soon_threadsafe(callback, uuid)
+                    self._loop.call_soon_threadsafe(callback, uuid, undefined)
                 except RuntimeError:  # our loop has closed: nobody is left to tell
                     return
 

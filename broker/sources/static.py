@@ -51,7 +51,7 @@ class CombinedConsoles:
         self.static = static
         self.libvirt = libvirt_consoles
 
-    def on_domain_ended(self, callback: Callable[[str], None]) -> None:
+    def on_domain_ended(self, callback: Callable[[str, bool], None]) -> None:
         self.libvirt.on_domain_ended(callback)
 
     async def healthy(self) -> tuple[bool, str]:

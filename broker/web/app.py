@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import html
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,11 +20,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from ..access.keys import LIST, SCREENSHOT, ApiKey, match
+from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
+from ..access.pages import PagePasses
+from ..access.tokens import Grant, MintedToken, Tokens, digest_of
 from ..errors import (
     CONSOLE_BUSY,
     CONSOLE_CLOSED,
@@ -37,20 +40,12 @@ from ..errors import (
     SESSION_TIME_LIMIT,
     SHUTTING_DOWN,
     TAKEN_OVER,
+    TOKEN_INVALID,
     UNAUTHORIZED,
     UNSUPPORTED_DATA,
     VM_STOPPED,
     BrokerError,
 )
-from ..access.keys import LIST, SCREENSHOT, ApiKey, match
-from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
-from .assets import WebFiles, WebFilesMissing
-from .openapi import OPENAPI
-from .proxy import CLI_SOCKET_SCOPE_KEY
-from .screenshots import SCREENSHOT_HEADERS, Screenshots, screenshot_width
-from ..relay.pump import SPLICE_EXTENSION, RelayEnd, relay
-from ..access.pages import COOKIE_NAME, PagePasses
-from ..access.tokens import Grant, MemoryTokenStore, MintedToken, Tokens
 from ..kinds import serial as serial_kind
 from ..kinds.rules import VncInput, input_rule, text_rule
 from ..kinds.vncauth import ClientLeft, authenticate
@@ -58,17 +53,20 @@ from ..live import LiveSession, LiveSessions
 from ..model import ConsoleKind, ConsoleRef, DomainInfo, LinkMode, Stream, serial_xml_hint
 from ..observe.audit import AuditLog
 from ..observe.events import CLIENT_CLOSED, CLIENT_LEFT, CLIENT_UNRESPONSIVE, INTERRUPTED, Observer
+from ..relay.pump import SPLICE_EXTENSION, RelayEnd, relay
 from . import ops
+from .assets import WebFiles, WebFilesMissing
+from .openapi import OPENAPI
+from .pageauth import Credential, PageLeft, read_credential, session_frame
+from .pagehtml import page_headers
+from .proxy import CLI_SOCKET_SCOPE_KEY
+from .screenshots import SCREENSHOT_HEADERS, Screenshots, screenshot_width
 
 log = logging.getLogger("broker.app")
 
-# The console page and its links: never cached, never leak the URL onwards.
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'self'",
-}
+# The console page and its links: never cached, never leak the URL onwards (pagehtml.py);
+# the broker's own headers add the configured frame_ancestors.
+PAGE_HEADERS = page_headers()
 
 # Static files are cached for good (web/assets.py), but never sniffed into another type, and
 # anything among them that a browser would render runs under the page's policy.
@@ -90,6 +88,9 @@ class HostCheck:
             await self.checked(scope, receive, send)
 
 
+# Why console pages' sessions close on SIGTERM: the page reconnects with its pass.
+RESTARTING = "The console broker is restarting; this page reconnects by itself when it is back."
+
 # How long a backend EOF may wait for libvirt to report the domain stopped before
 # we call it "the VNC server closed the connection" instead.
 STOP_CONFIRM_SECONDS = 1.5
@@ -98,7 +99,7 @@ STOP_CONFIRM_SECONDS = 1.5
 class ConsoleSource(Protocol):
     """What the app needs from a console source: libvirt, static consoles, or both combined."""
 
-    def on_domain_ended(self, callback: Callable[[str], None]) -> None: ...
+    def on_domain_ended(self, callback: Callable[[str, bool], None]) -> None: ...
     async def healthy(self) -> tuple[bool, str]: ...
     async def list_domains(self) -> list[DomainInfo]: ...
     async def find(self, ident: str) -> DomainInfo: ...
@@ -120,6 +121,7 @@ class Broker:
         pages: PagePasses | None = None,
         allowed_origins: tuple[str, ...] = (),
         allowed_hosts: tuple[str, ...] = (),
+        frame_ancestors: tuple[str, ...] = (),
         web_dir: Path | None = None,  # the built web files (default: web/assets.py's web_root())
         limits: SessionLimits | None = None,
         serial_take_over: bool = True,
@@ -130,7 +132,7 @@ class Broker:
             raise ValueError("at least one API key is required")
         self.consoles = consoles
         self.tokens = tokens
-        self.pages = pages or PagePasses(MemoryTokenStore())
+        self.pages = pages if pages is not None else PagePasses()  # an empty one is falsy (__len__)
         # Plain strings (tests, embedding): full-rights keys labelled by position.
         self.api_keys = tuple(
             key if isinstance(key, ApiKey) else ApiKey.full(f"key{n}", key) for n, key in enumerate(api_keys, 1)
@@ -139,6 +141,7 @@ class Broker:
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self.allowed_hosts = allowed_hosts
         self.web = WebFiles(web_dir, headers=STATIC_HEADERS)
+        self.page_headers = page_headers(frame_ancestors)
         self.limits = limits = limits or SessionLimits()
         self.serial_take_over = serial_take_over  # the broker-wide switch; each link says too
         self.mint_limiter = RateLimiter(limits.mint_rate, limits.mint_burst)
@@ -150,13 +153,15 @@ class Broker:
         self.screenshots = Screenshots(limits.screenshot_cache, limits.screenshot_rate)
         consoles.on_domain_ended(self.domain_ended)
 
-    def domain_ended(self, uuid: str) -> None:
-        """The domain stopped, crashed or was undefined: end its sessions, spend its links."""
+    def domain_ended(self, uuid: str, undefined: bool = False) -> None:
+        """The domain stopped, crashed or was undefined: end its sessions, spend its links
+        (bound to the run). Console pages' passes name the UUID, not the run: they wait for
+        the VM to start again, and end only with the domain itself (access/pages.py)."""
         sessions = self.live.of_domain(uuid)
         for session in sessions:
             session.end(BrokerError(VM_STOPPED, f"The virtual machine stopped: {session.name!r}."))
         revoked = self.tokens.revoke(uuid)
-        pages = self.pages.end_for(uuid)
+        pages = self.pages.end_for(uuid) if undefined else 0
         if sessions or revoked or pages:
             log.info(
                 "domain %s ended: closing %d session(s), revoking %d unused link(s) and %d page session(s)",
@@ -170,7 +175,9 @@ class Broker:
         """On shutdown: close every session with 1001 and a reason, before the server goes."""
         sessions = self.live.all()
         for session in sessions:
-            session.end(BrokerError(SHUTTING_DOWN))
+            # A console page reconnects with its pass, which survives the restart (access/pages.py).
+            page = session.viewer.via == "page"
+            session.end(BrokerError(SHUTTING_DOWN, RESTARTING if page else None))
         return len(sessions)
 
     # -- HTTP ------------------------------------------------------------------------
@@ -289,14 +296,6 @@ class Broker:
             "mode": minted.grant.mode.value,
         }
 
-    def base_path(self, request: HTTPConnection) -> str:
-        """The path the broker is served under, as the browser sees it: public_url's when
-        configured (a front that is not a trusted proxy sends no X-Forwarded-Prefix), else
-        the prefix a trusted proxy gave."""
-        if self.public_url:
-            return urlsplit(self.public_url).path.rstrip("/")
-        return str(request.scope.get("root_path", ""))
-
     def base_url(self, request: HTTPConnection) -> str:
         if self.public_url:
             return self.public_url
@@ -305,60 +304,37 @@ class Broker:
     # -- console page ------------------------------------------------------------------
 
     async def open_console_link(self, request: Request) -> Response:
-        """Spend the link's token, hand out a session cookie, and move to a URL without the token."""
+        """The console link: the page for its console's kind. The token is only looked at,
+        never spent (link previewers and mail scanners GET links too): the page's script
+        spends it on its WebSocket (pageauth.py) and drops it from the address bar."""
         try:
-            grant = self.tokens.redeem(request.query_params.get("token"))
+            grant = self.tokens.peek(request.query_params.get("token"))
         except BrokerError as exc:
             self.observe.refused(exc, ops.client_address(request), at="link")
             return self.error_page(exc)
-        self.observe.link_redeemed(grant)
-        session_id, session = self.pages.open(grant)
         uuid = grant.console.uuid
         # Relative, so it stays right under any sub-path a proxy adds.
-        page = "terminal" if grant.console.kind is ConsoleKind.SERIAL else ""
-        response = RedirectResponse(f"console/{uuid}/{page}", status_code=303, headers=PAGE_HEADERS)
-        response.set_cookie(
-            COOKIE_NAME,
-            session_id,
-            # Outlives the session on purpose, so an expired session is reported as expired
-            # rather than as "no session"; the server enforces the window itself.
-            max_age=int(self.pages.window * 2),
-            path=f"{self.base_path(request)}/console/{uuid}/",
-            secure=request.url.scheme == "https",
-            httponly=True,
-            samesite="strict",
-        )
-        log.info("console link for %s exchanged for a session from %s", grant.name, _client(request))
-        return response
+        return self.page_file(grant.console.kind, uuid, console_dir=f"console/{uuid}/", static="static")
 
     async def console_page(self, request: Request) -> Response:
-        return self.page_file("console.html")
+        return self.page_file(ConsoleKind.VNC, request.path_params["uuid"])
 
     async def terminal_page(self, request: Request) -> Response:
-        return self.page_file("terminal.html")
+        return self.page_file(ConsoleKind.SERIAL, request.path_params["uuid"])
 
-    def page_file(self, name: str, *, static: str = "../../static", **values: str) -> Response:
-        """A console page (web/public/NAME.html as web/build.mjs built it, its {{placeholders}}
-        filled: `static` is the static files' URL relative to the page), or 503 and how to build it."""
+    def page_file(
+        self, kind: ConsoleKind, uuid: str, *, console_dir: str = "./", static: str = "../../static"
+    ) -> Response:
+        """The console page for the console `uuid` (web/public/console.html or terminal.html as
+        web/build.mjs built it, its {{placeholders}} filled: `console_dir` is /console/{uuid}/
+        and `static` the static files, both relative to where the page is served), or 503 and
+        how to build it."""
+        name = "terminal" if kind is ConsoleKind.SERIAL else "console"
         try:
-            page = self.web.render(name.removesuffix(".html"), static=static, **values)
+            page = self.web.render(name, static=static, uuid=uuid, console_dir=console_dir)
         except WebFilesMissing as exc:
-            return PlainTextResponse(str(exc), status_code=503, headers=PAGE_HEADERS)
-        return HTMLResponse(page, headers=PAGE_HEADERS)
-
-    async def console_session(self, request: Request) -> Response:
-        session = self.pages.check(request.cookies.get(COOKIE_NAME), request.path_params["uuid"])
-        return JSONResponse(
-            {
-                "domain": {"name": session.name, "uuid": session.console.uuid},
-                "expires_at": _iso(session.expires_at),
-                "kind": session.console.kind.value,
-                "console": session.device,
-                "may_take_over": session.may_take_over,
-                "mode": session.mode.value,
-            },
-            headers=PAGE_HEADERS,
-        )
+            return PlainTextResponse(str(exc), status_code=503, headers=self.page_headers)
+        return HTMLResponse(page, headers=self.page_headers)
 
     def error_page(self, error: BrokerError) -> Response:
         title = "Cannot open the console"
@@ -366,7 +342,7 @@ class Broker:
             page = self.web.render("error", static="static", title=title, message=error.message)
         except WebFilesMissing:
             page = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{html.escape(error.message)}</p>"
-        return HTMLResponse(page, status_code=error.failure.http_status, headers=PAGE_HEADERS)
+        return HTMLResponse(page, status_code=error.failure.http_status, headers=self.page_headers)
 
     # -- WebSocket -------------------------------------------------------------------
 
@@ -380,18 +356,64 @@ class Broker:
         return grant
 
     async def console_websocket(self, websocket: WebSocket) -> None:
-        """The console page's socket: authenticated by the session cookie, reusable within its window."""
+        """The console page's socket: its first frame spends the link's token or presents
+        the page's pass (pageauth.py); the broker's first frame answers with the session."""
         uuid = websocket.path_params["uuid"]
-        await self.serve_console(websocket, lambda: self.pages.check(websocket.cookies.get(COOKIE_NAME), uuid))
+        presented: list[Credential] = []
+        issued: list[str] = []  # the pass, for the session frame
 
-    async def serve_console(self, websocket: WebSocket, authorize: Callable[[], Grant]) -> None:
-        """Accept first, so that every refusal can carry its own close code and reason."""
+        async def read_first_frame() -> None:
+            if not self.origin_allowed(websocket):  # nothing is read from a foreign page
+                raise self.origin_refused(websocket)
+            presented.append(await read_credential(websocket))
+
+        def authorize() -> Grant:
+            grant, pass_id = self.page_grant(websocket, uuid, presented[0])
+            issued.append(pass_id)
+            return grant
+
+        async def announce(grant: Grant) -> None:
+            await websocket.send_text(session_frame(grant, issued[0]))
+
+        await self.serve_console(websocket, authorize, prelude=read_first_frame, announce=announce)
+
+    def page_grant(self, websocket: WebSocket, uuid: str, credential: Credential) -> tuple[Grant, str]:
+        """The page's pass checked, or its link spent for a new pass: (grant, pass)."""
+        if credential.pass_id is not None:
+            grant, pass_id = self.pages.check(credential.pass_id, uuid), credential.pass_id
+        else:
+            # Another console's link: refused before it is spent, so its own page still works.
+            if self.tokens.peek(credential.token).console.uuid != uuid:
+                raise BrokerError(TOKEN_INVALID, "This console link is for another console.")
+            link = self.tokens.redeem(credential.token)
+            self.observe.link_redeemed(link)
+            pass_id, grant = self.pages.open(link)
+            log.info("console link for %s exchanged for a page session from %s", link.name, _client(websocket))
+        websocket.scope[ops.PAGE_PASS_SCOPE_KEY] = digest_of(pass_id)
+        return grant, pass_id
+
+    async def serve_console(
+        self,
+        websocket: WebSocket,
+        authorize: Callable[[], Grant],
+        *,
+        prelude: Callable[[], Awaitable[None]] | None = None,
+        announce: Callable[[Grant], Awaitable[None]] | None = None,
+    ) -> None:
+        """Accept first, so that every refusal can carry its own close code and reason.
+        `prelude` runs before any other check (the page's first frame), `announce` once
+        the client is authorized, before the console is opened (the page's session frame)."""
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(subprotocol="binary" if "binary" in offered else None)
         client = _client(websocket)
         take_over = websocket.query_params.get("takeover") == "1"
         try:
-            session, domain, stream = await self.open_session(websocket, authorize, take_over)
+            if prelude is not None:
+                await prelude()
+            session, domain, stream = await self.open_session(websocket, authorize, take_over, announce)
+        except PageLeft:
+            log.info("console page from %s left before it sent its token or pass", client)
+            return
         except BrokerError as exc:
             log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
             self.observe.refused(exc, ops.client_address(websocket), at="websocket")
@@ -469,14 +491,21 @@ class Broker:
         log.info("console session for %s from %s ended: %s; %s", domain.name, client, end.value, traffic.summary())
 
     async def open_session(
-        self, websocket: WebSocket, authorize: Callable[[], Grant], take_over: bool = False
+        self,
+        websocket: WebSocket,
+        authorize: Callable[[], Grant],
+        take_over: bool = False,
+        announce: Callable[[Grant], Awaitable[None]] | None = None,
     ) -> tuple[LiveSession, DomainInfo, Stream]:
         """Every check before a console is relayed, cheapest first; the link is spent only
-        once the broker-wide limits allow the session."""
+        once the broker-wide limits allow the session. Once spent, the client hears so
+        (announce) before anything else can fail: a page keeps its pass for a retry."""
         if not self.origin_allowed(websocket):
-            raise BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {websocket.headers['origin']!r}.")
+            raise self.origin_refused(websocket)
         with self.live.opening():
             grant = authorize()
+            if announce is not None:
+                await announce(grant)
             self.live.check_exclusive(grant.console, grant.mode)
             taken: list[LiveSession] = []  # for the audit trail: the sessions this one ends
             if grant.mode is LinkMode.EXCLUSIVE:  # the others hear why before this one connects
@@ -530,6 +559,9 @@ class Broker:
                 return BrokerError(CONSOLE_CLOSED, f"The serial console of {domain.name!r} closed.")
             return BrokerError(CONSOLE_CLOSED, f"{CONSOLE_CLOSED.summary.rstrip('.')}: {domain.name!r}.")
         return None
+
+    def origin_refused(self, connection: HTTPConnection) -> BrokerError:
+        return BrokerError(ORIGIN_REFUSED, f"Consoles cannot be opened from {connection.headers['origin']!r}.")
 
     def origin_allowed(self, connection: HTTPConnection) -> bool:
         """Browsers always send Origin: it must be ours or configured. Without Origin
@@ -670,7 +702,6 @@ def create_app(broker: Broker) -> Starlette:
         Route("/console", broker.open_console_link),
         Route("/console/{uuid}/", broker.console_page),
         Route("/console/{uuid}/terminal", broker.terminal_page),
-        Route("/console/{uuid}/session", broker.console_session),
         WebSocketRoute("/console/{uuid}/websockify", broker.console_websocket),
         *ops.routes(broker),
     ]

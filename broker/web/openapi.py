@@ -241,7 +241,7 @@ SCHEMAS: dict[str, Schema] = {
             "bytes_from_browser",
             "last_input_at",
         ],
-        "description": "A live console session (README.md, Operating it). Nothing secret: no token, cookie or key.",
+        "description": "A live console session (README.md, Operating it). Nothing secret: no token, page pass or key.",
         "properties": {
             "id": {"type": "string"},
             "kind": {"type": "string", "enum": ["vnc", "serial"]},

@@ -23,8 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..access.keys import KILL, SESSIONS, ApiKey
-from ..access.pages import COOKIE_NAME
-from ..access.tokens import Grant, digest_of
+from ..access.tokens import Grant
 from ..errors import SESSION_KILLED, SESSION_NOT_FOUND, BrokerError
 from ..live import MAX_USER_AGENT, LiveSession, Viewer
 from ..observe.metrics import CONTENT_TYPE
@@ -55,14 +54,18 @@ def client_address(connection: HTTPConnection) -> str:
     return client.host if not client.port else f"{client.host}:{client.port}"
 
 
+# Where the console page's socket keeps the digest of the pass it presented or was given
+# (app.Broker.page_grant), so that a kill can end that pass too.
+PAGE_PASS_SCOPE_KEY = "broker.page_pass"
+
+
 def viewer_of(connection: HTTPConnection, grant: Grant, *, via: str) -> Viewer:
-    cookie = connection.cookies.get(COOKIE_NAME) if via == "page" else None
     return Viewer(
         client=client_address(connection),
         user_agent=connection.headers.get("user-agent", "")[:MAX_USER_AGENT],
         minted_by=grant.minted_by,
         via=via,
-        page=digest_of(cookie) if cookie else "",
+        page=str(connection.scope.get(PAGE_PASS_SCOPE_KEY, "")) if via == "page" else "",
     )
 
 

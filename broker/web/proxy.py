@@ -18,8 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Peers of a UNIX socket have no address; "unix" in trusted_proxies names them.
 UNIX_PEER = "unix"
-# Path segments of unreserved characters only: the prefix goes into links and into the
-# cookie's Path, where `;`, `=` or `,` would start another attribute or value.
+# Path segments of unreserved characters only: the prefix goes into links, where `;`, `=`,
+# `,` or a quote could start another parameter, attribute or value.
 _SAFE_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 _SAFE_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 

@@ -20,7 +20,7 @@ import libvirt
 import pytest
 
 from support import vms
-from support.fake_serial import FakeSerial, fake_serial
+from support.fake_serial import PASS, TOKEN, FakeSerial, fake_serial
 from support.processes import start_broker
 from support.xterm import terminal_text
 
@@ -281,24 +281,36 @@ def test_busy_console_without_take_over_permission_says_who_can(fresh_page) -> N
 
 
 @pytest.mark.parametrize(
-    ("code", "reason", "expected"),
+    ("code", "reason", "state", "expected"),
     [
-        (4300, "", "The virtual machine stopped."),
-        (4105, "", "session has expired"),
-        (1001, "The broker is shutting down; reconnect in a moment.", "shutting down"),
-        (4304, "", "took exclusive control"),
-        (4999, "", "code 4999"),
+        (4300, "", "waiting", "waiting for it to start"),
+        (4105, "", "error", "session has expired"),
+        (1001, "The broker is shutting down.", "waiting", "restarting; this page reconnects by itself"),
+        (4304, "", "disconnected", "took exclusive control"),
+        (4999, "", "disconnected", "code 4999"),
     ],
 )
-def test_every_close_shows_a_reason(fake: FakeSerial, fresh_page, code: int, reason: str, expected: str) -> None:
+def test_every_close_shows_a_reason(
+    fake: FakeSerial, fresh_page, code: int, reason: str, state: str, expected: str
+) -> None:
+    """Each close says what is true and offers what can work: waiting ones retry by
+    themselves, final ones offer no Reconnect."""
     page = fresh_page
     page.goto(fake.page_url)
     wait_state(page, "connected")
     fake.close(code, reason)
-    wait_state(page, "disconnected")
+    wait_state(page, state)
     assert expected in page.inner_text("#status")
-    assert page.is_enabled("#reconnect")
     assert page.is_hidden("#take-over")
+    if state == "error":
+        assert page.is_hidden("#reconnect")
+    else:
+        assert page.is_visible("#reconnect") and page.is_enabled("#reconnect")
+    if state == "waiting":  # it comes back by itself, with its pass
+        wait_state(page, "connected")
+        assert fake.wait_connections(2).credential == {"pass": PASS}
+    # The last output stays on screen, dimmed, while not connected.
+    assert page.eval_on_selector("#screen", "e => e.style.opacity") == ("" if state == "waiting" else "0.5")
 
 
 def test_a_view_only_link_offers_no_input(fresh_page) -> None:
@@ -455,7 +467,7 @@ def test_scripts_that_do_not_load_are_reported(fake: FakeSerial, fresh_page, pag
     """Either page (the VNC page too) says so instead of "Loading…" for ever."""
     page = fresh_page
     page.route(missing, lambda route: route.fulfill(status=404, body="Not Found"))
-    page.goto(fake.page_url.removesuffix("terminal") + page_name)
+    page.goto(fake.link(page_name))
     wait_state(page, "error")
     assert "could not load its scripts" in page.inner_text("#status")
     assert not fake.connections
@@ -471,10 +483,14 @@ def test_a_vnc_session_on_the_terminal_page_goes_to_the_vnc_page(fresh_page) -> 
 
 def test_a_serial_session_on_the_vnc_page_goes_to_the_terminal_page(fake: FakeSerial, fresh_page) -> None:
     page = fresh_page
-    page.goto(fake.page_url.removesuffix("terminal"))
-    page.wait_for_url(fake.page_url)
+    page.goto(fake.link(""))
+    page.wait_for_url(fake.clean_url)
     wait_state(page, "connected")
-    assert len(fake.connections) == 1, "the VNC page opened the serial console's socket"
+    # The VNC page spent the link, heard it is a serial console and sent nothing on its socket;
+    # the terminal page came back with the pass.
+    assert fake.connections[0].credential == {"token": TOKEN}
+    assert fake.connections[0].frames == []
+    assert fake.wait_connections(2).credential == {"pass": PASS}
 
 
 # -- the whole deployment ------------------------------------------------------------------
@@ -640,10 +656,13 @@ def test_no_history_then_the_vm_stops(stack, bare_serial_vm, page) -> None:
     assert page.get_attribute("body", "data-history") == "unavailable"
     wait_text(page, r"<log file=")  # the broker's hint: how to keep a history
     bare_serial_vm.destroy()
-    wait_state(page, "disconnected", timeout=5_000)
+    # The page's pass outlives the run: it waits, and is back by itself once the VM is.
+    wait_state(page, "waiting", timeout=5_000)
     assert page.get_attribute("body", "data-close-code") == "4300"
-    assert "stopped" in page.inner_text("#status")
+    assert "waiting for it to start" in page.inner_text("#status")
     assert page.is_hidden("#take-over")
+    bare_serial_vm.create()
+    wait_state(page, "connected", timeout=20_000)
 
 
 def test_after_the_window_the_page_says_why(conn, bare_serial_vm, page, tmp_path: Path) -> None:

@@ -679,7 +679,7 @@ def test_percent_encoded_token_key_is_redacted(spare_broker: BrokerProcess, tcp_
     """Tokens in access logs: however the query spells 'token', the log never holds one."""
     token = mint(spare_broker, tcp_vm)["token"]
     response = HTTP.get(f"{spare_broker.url}/console?%74oken={token}")  # httpx does not follow redirects
-    assert response.status_code == 303  # the broker read the token: so must the redaction
+    assert response.status_code == 200  # the broker read the token (the page for it): so must the redaction
     assert token not in log_since(spare_broker, 0)
 
 

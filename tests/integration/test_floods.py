@@ -2,7 +2,7 @@
 
 Every pong the broker owes waits in its write buffer for a client that does not read it.
 These tests flood a real broker from a raw socket with a tiny receive buffer (refused
-socket, cookie-less page socket, live session on a real VM), sample the broker's RSS
+socket, a page socket that never sends its first frame, live session on a real VM), sample the broker's RSS
 meanwhile, check that other clients are served during the flood, and that the broker
 lets go of the connection afterwards instead of waiting for a buffer that never drains.
 """
@@ -116,7 +116,7 @@ def test_ping_flood_on_a_refused_socket_is_bounded(flood_broker: BrokerProcess) 
     check_flood(flood_broker, upgrade(f"{flood_broker.ws_url}/websockify?token={'A' * 43}"))
 
 
-def test_ping_flood_on_a_cookieless_page_socket_is_bounded(flood_broker: BrokerProcess) -> None:
+def test_ping_flood_on_a_page_socket_that_never_says_who_it_is_is_bounded(flood_broker: BrokerProcess) -> None:
     uuid = "00000000-0000-4000-8000-000000000000"
     check_flood(flood_broker, upgrade(f"{flood_broker.ws_url}/console/{uuid}/websockify"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import libvirt
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -12,7 +11,6 @@ from websockets.sync.client import connect
 
 from support import vms
 from support.processes import BrokerProcess
-from support.wait import wait_until
 from support.ws import close_of
 
 pytestmark = pytest.mark.integration
@@ -103,29 +101,3 @@ def test_token_for_a_stopped_vm_never_reaches_the_vm_on_its_port(
     finally:
         vms.remove(conn, "broker-test-cve-a")
         vms.remove(conn, "broker-test-cve-b")
-
-
-def test_page_session_ends_with_the_run_it_was_opened_for(broker: BrokerProcess, conn: libvirt.virConnect) -> None:
-    """A console page's cookie opens its VM while that run lasts, never the next run of the
-    same UUID (a re-provisioned VM), even within its session window."""
-    dom = vms.define(conn, "broker-test-rerun", vms.TCP)
-    try:
-        link = broker.mint(dom.name())["console_url"]
-        answer = httpx.get(link, follow_redirects=False, timeout=10)
-        assert answer.status_code == 303
-        cookie = "; ".join(f"{name}={value}" for name, value in answer.cookies.items())
-        page_socket = f"{broker.ws_url}/console/{dom.UUIDString()}/websockify"
-        with connect(page_socket, additional_headers={"Cookie": cookie}) as ws:
-            assert ws.recv(timeout=10).startswith(b"RFB ")
-        dom.destroy()
-        dom.create()
-        # The stop is noticed (its line names this domain: the shared broker logs others' too).
-        wait_until(lambda: f"domain {dom.UUIDString()} ended" in broker.log(), 5, "the broker to see the VM stop")
-        with connect(page_socket, additional_headers={"Cookie": cookie}) as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    assert not ws.recv(timeout=10), "the old run's page session reached the new run"
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4105, closed.value.rcvd
-        assert "stopped" in closed.value.rcvd.reason
-    finally:
-        vms.remove(conn, dom.name())

@@ -3,9 +3,10 @@ exact control of the frames (a character split across two frames, a dropped-outp
 notice, a take-over close) that a real guest cannot be made to produce on cue.
 
 It serves the real page and static files with the broker's own headers (so its
-Content-Security-Policy applies), answers `session` with `session`, and on each
-WebSocket connection records the query and every frame the page sends; the test sends
-and closes from its own thread. Everything else is the real broker's job, tested
+Content-Security-Policy applies); on each WebSocket connection it reads the page's first
+frame (its token or pass, web/pageauth.py), answers with `session` as the broker's session
+frame, and records the query and every later frame the page sends; the test sends and
+closes from its own thread. Everything else is the real broker's job, tested
 against it in test_terminal_page.py's other tests.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -32,12 +33,15 @@ from broker.web.app import PAGE_HEADERS, STATIC_HEADERS
 from broker.web.assets import WebFiles
 
 UUID = "0b7c3f4e-5a51-4e3e-9d0c-3c1f2a6b9e10"
+TOKEN = "t" * 43  # what the page presents first (the stand-in takes anything)
+PASS = "p" * 43  # what it is given for next time
 
 
 @dataclass
 class Connection:
     query: dict[str, str]
-    frames: list[bytes | str] = field(default_factory=list)  # what the page sent, in order
+    credential: dict[str, str] = field(default_factory=dict)  # the page's first frame
+    frames: list[bytes | str] = field(default_factory=list)  # what the page sent after it, in order
     closed: bool = False
 
     def sent_bytes(self) -> bytes:
@@ -64,7 +68,17 @@ class FakeSerial:
 
     @property
     def page_url(self) -> str:
+        """The terminal page as a link opens it (the token in the fragment, which the page
+        accepts as well as the query); the page then moves to clean_url."""
+        return self.link("terminal")
+
+    @property
+    def clean_url(self) -> str:
         return f"{self.url}/console/{UUID}/terminal"
+
+    def link(self, page: str) -> str:
+        """A page ('' the VNC page, 'terminal') opened with the token."""
+        return f"{self.url}/console/{UUID}/{page}#token={TOKEN}"
 
     def wait_connections(self, count: int, timeout: float = 10.0) -> Connection:
         """The `count`th connection (from 1), once the page has opened it."""
@@ -89,20 +103,29 @@ class FakeSerial:
     def app(self) -> Starlette:
         web = WebFiles(headers=STATIC_HEADERS)  # the pages as built, like the broker's
 
+        def render(name: str) -> Response:
+            html = web.render(name, uuid=UUID, console_dir="./", static="../../static")
+            return HTMLResponse(html, headers=PAGE_HEADERS)
+
         async def vnc_page(_request: Request) -> Response:
-            return HTMLResponse(web.render("console", static="../../static"), headers=PAGE_HEADERS)
+            return render("console")
 
         async def page(_request: Request) -> Response:
-            return HTMLResponse(web.render("terminal", static="../../static"), headers=PAGE_HEADERS)
-
-        async def session(_request: Request) -> Response:
-            return JSONResponse(self.session, headers=PAGE_HEADERS)
+            return render("terminal")
 
         async def websocket(ws: WebSocket) -> None:
             offered = ws.scope.get("subprotocols") or []
             await ws.accept(subprotocol="binary" if "binary" in offered else None)
             connection = Connection(dict(ws.query_params))
             self.connections.append(connection)
+            first = await ws.receive()
+            if first["type"] == "websocket.disconnect":
+                connection.closed = True
+                return
+            connection.credential = json.loads(first["text"])
+            # As the broker does: the session frame as soon as the credential is good, before
+            # the console is opened (and maybe refused).
+            await _send(ws, [{"type": "session", "pass": PASS, **self.session}])
             refusal = self.refuse(connection.query)
             if refusal:
                 await ws.close(*refusal)
@@ -124,7 +147,6 @@ class FakeSerial:
             routes=[
                 Route(f"/console/{UUID}/terminal", page),
                 Route(f"/console/{UUID}/", vnc_page),
-                Route(f"/console/{UUID}/session", session),
                 WebSocketRoute(f"/console/{UUID}/websockify", websocket),
                 Route("/static/{name}", web.static_file),
             ]
@@ -140,7 +162,7 @@ async def _send(ws: WebSocket, frames: Sequence[bytes | str | dict[str, Any]]) -
 
 
 def serial_session(**overrides: Any) -> dict[str, Any]:
-    """What the broker's `session` answers for a serial console."""
+    """What the broker's session frame says for a serial console (besides its type and pass)."""
     return {
         "domain": {"name": "web-1", "uuid": UUID},
         "expires_at": "2099-01-01T00:00:00+00:00",

@@ -102,18 +102,28 @@ MakeApi = Callable[..., Api]
 
 @pytest.fixture
 def make_api(define_domain: DefineDomain, clock: FakeClock) -> Iterator[MakeApi]:
-    """make_api(public_url=None, allowed_origins=()) -> an Api on test:///default with a fake token clock.
+    """make_api(public_url=None, allowed_origins=(), frame_ancestors=()) -> an Api on
+    test:///default with a fake token clock.
 
     Depends on define_domain so that the app (and its libvirt connection) goes
     away before the test's domains are undefined.
     """
     stack = contextlib.ExitStack()
 
-    def make(public_url: str | None = None, allowed_origins: tuple[str, ...] = ()) -> Api:
+    def make(
+        public_url: str | None = None, allowed_origins: tuple[str, ...] = (), frame_ancestors: tuple[str, ...] = ()
+    ) -> Api:
         consoles = LibvirtConsoles(TEST_URI)
         stack.callback(consoles.close)
         tokens = Tokens(MemoryTokenStore(), clock=clock)
-        broker = Broker(consoles, tokens, (API_KEY,), public_url, allowed_origins=allowed_origins)
+        broker = Broker(
+            consoles,
+            tokens,
+            (API_KEY,),
+            public_url,
+            allowed_origins=allowed_origins,
+            frame_ancestors=frame_ancestors,
+        )
         client = stack.enter_context(TestClient(create_app(broker)))
         stack.callback(mute, consoles)  # runs before the client's event loop closes
         return Api(client, broker, clock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -318,11 +319,18 @@ def test_mode_user_and_session_length_are_checked(api, define_domain) -> None:
     assert (grant.mode.value, grant.user, grant.max_session_length) == ("view-only", "alice", 30.0)
 
 
-def test_the_page_cookie_is_scoped_under_public_urls_path(make_api, define_domain) -> None:
+def test_the_link_serves_the_page_without_spending_it(make_api, define_domain) -> None:
     """Behind a front that is not a trusted proxy (no X-Forwarded-Prefix), public_url says
-    where the broker lives: the cookie must be sent back to the page under that prefix."""
+    where the broker lives; the page's own URLs stay relative, so they need no prefix."""
     api = make_api(public_url="https://front.example/h/hv1")
-    token = api.token_for(define_domain(VNC))
-    response = api.client.get(f"/console?token={token}", follow_redirects=False)
-    assert response.status_code == 303
-    assert "Path=/h/hv1/console/" in response.headers["set-cookie"]
+    domain = define_domain(VNC)
+    token = api.token_for(domain)
+    for _ in range(2):  # a link previewer, then the person: the same page each time
+        response = api.client.get(f"/console?token={token}", follow_redirects=False)
+        assert response.status_code == 200
+        assert "set-cookie" not in response.headers
+        assert f'data-console="{domain.UUIDString()}"' in response.text
+        assert f'data-console-dir="console/{domain.UUIDString()}/"' in response.text
+        assert re.search(r'src="static/console-[A-Z0-9]+\.js"', response.text)  # relative to /console
+        assert response.headers["cache-control"] == "no-store"
+    assert not api.broker.tokens.peek(token).used

@@ -15,7 +15,7 @@ from broker.web.openapi import OPENAPI, SCHEMAS
 from unit_support import AUTH
 
 # Routes that are pages and sockets for browsers, not REST calls.
-NOT_REST = {"/console", "/console/{uuid}/", "/console/{uuid}/terminal", "/console/{uuid}/session", "/static/{name}"}
+NOT_REST = {"/console", "/console/{uuid}/", "/console/{uuid}/terminal", "/static/{name}"}
 
 
 def test_the_document_is_valid_openapi() -> None:

@@ -13,7 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 import broker.web.app
 from broker.observe.audit import AuditLog
 from broker.web.ops import MetricsListener, metrics_app
-from unit_support import API_KEY, AUTH, FakeVncServer, run_async, vnc_graphics
+from unit_support import API_KEY, AUTH, FakeVncServer, page_socket, run_async, session_of, vnc_graphics
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -164,21 +164,20 @@ def test_the_metrics_listener_is_told_apart_by_its_address(bound, server, ours: 
 
 def test_killing_a_console_page_session_ends_its_pass_too(api, vnc_domain) -> None:
     token = api.token_for(vnc_domain)
-    opened = api.client.get(f"/console?token={token}", follow_redirects=False)
-    assert opened.status_code == 303
     uuid = vnc_domain.UUIDString()
-    with api.client.websocket_connect(f"/console/{uuid}/websockify") as ws:  # the client keeps the cookie
+    with page_socket(api.client, uuid, token=token) as ws:
+        pass_id = session_of(ws)["pass"]
         assert ws.receive_bytes() == GREETING
         (listed,) = sessions(api)
         assert listed["via"] == "page" and listed["key"] == "key1"
         assert "page" not in listed
-        assert not [c for c in api.client.cookies.values() if c in json.dumps(listed)]
+        assert token not in json.dumps(listed) and pass_id not in json.dumps(listed)
         assert api.client.delete(f"/api/v1/sessions/{listed['id']}", headers=AUTH).status_code == 200
         with pytest.raises(WebSocketDisconnect) as caught:
             ws.receive_bytes()
     assert caught.value.code == 4305
-    # Reconnect, as the page's button does: the pass is over, and the page says why.
-    with api.client.websocket_connect(f"/console/{uuid}/websockify") as ws:
+    # Reconnect, as the page's button would: the pass is over, and the page says why.
+    with page_socket(api.client, uuid, **{"pass": pass_id}) as ws:
         with pytest.raises(WebSocketDisconnect) as caught:
-            ws.receive_bytes()
+            ws.receive_text()
     assert (caught.value.code, caught.value.reason) == (4305, "An administrator ended this console session.")

@@ -83,7 +83,7 @@ def test_accept_encoding_parsing() -> None:
     "path",
     [
         "/static/console.js",  # the unbundled sources are not served
-        "/static/pagesession.js",
+        "/static/session.js",
         "/static/novnc/core/rfb.js",
         "/static/xterm/xterm/lib/xterm.mjs",
         "/static/manifest.json",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -108,3 +109,20 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     (tests/e2e) leaves an event loop running in the main thread, where asyncio.run() fails."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result(timeout=60)
+
+
+@contextlib.contextmanager
+def page_socket(client: Any, uuid: str, **credential: str) -> Iterator[Any]:
+    """What the console page does (web/public/session.js), on a TestClient: open
+    /console/{uuid}/websockify and send {"token": …} or {"pass": …} as its first frame.
+    The broker answers with its session frame (see session_of) or closes."""
+    with client.websocket_connect(f"/console/{uuid}/websockify") as ws:
+        ws.send_text(json.dumps(credential))
+        yield ws
+
+
+def session_of(ws: Any) -> dict[str, Any]:
+    """The broker's first frame on a page socket: {"type": "session", "pass": …, …}."""
+    frame = json.loads(ws.receive_text())
+    assert frame["type"] == "session", frame
+    return frame  # type: ignore[no-any-return]

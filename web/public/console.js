@@ -1,15 +1,15 @@
 // The console page: one VM screen through the broker, on noVNC's core RFB class.
 //
-// The page lives at {base}/console/{uuid}/ and talks only to URLs relative to it:
-//   ./session     GET, the session cookie says which console we may open
-//   ./websockify  the WebSocket the broker relays to the VM's VNC server
+// The page is served for a link at {base}/console?token=… and lives at {base}/console/{uuid}/
+// once session.js has taken the token out of the address bar. session.js opens the
+// WebSocket ({base}/console/{uuid}/websockify), proves who the page is on it and hands it
+// over, open, to noVNC; what the page says after a close is decided there too.
 // noVNC is served unmodified from its npm package at {base}/static/novnc/.
-// (Module imports resolve against this file, {base}/static/console.js, while fetch
-// and new URL(..., location.href) resolve against the page: hence ./novnc/ here.)
+// (Module imports resolve against this file, {base}/static/console.js: hence ./novnc/ here.)
 
 import RFB from './novnc/core/rfb.js';
 import { closeReason } from './closecodes.js';
-import { fetchSession } from './pagesession.js';
+import { PageLink, keepLastFrame, dropLastFrame } from './session.js';
 import { setupControls } from './controls.js';
 
 const $ = (id) => document.getElementById(id);
@@ -33,6 +33,8 @@ const VNC_REASONS = {
 
 let rfb = null;      // the current RFB object; a new one for every connection
 let socket = null;   // the WebSocket given to it
+let ended = false;   // RFB has reported 'disconnect' for it
+let drawn = false;   // RFB connected on it, so its canvas holds the VM's screen
 let failure = '';    // why noVNC itself gave up (it closes the socket with no reason)
 // The link's mode, from the broker: view-only links show the screen only. The broker
 // drops their input itself; the page just does not offer what would be dropped.
@@ -48,22 +50,8 @@ function setState(state, message) {
     ui.reconnect.disabled = state === 'connecting' || state === 'connected';
 }
 
-// Ask the broker who we are, then connect. Also what Reconnect does: the session
-// cookie stays valid for a while, so no new link is needed.
-async function start() {
-    delete document.body.dataset.closeCode;
-    setState('connecting', 'Checking the console session…');
-    const { session: body, error } = await fetchSession();
-    if (error) {
-        setState('error', error);
-        return;
-    }
-    // A serial console's session opened on this page (an old bookmark, a hand-made URL):
-    // its socket does not speak VNC, so go to the terminal page.
-    if (body.kind === 'serial') {
-        location.replace('./terminal');
-        return;
-    }
+// The broker's session frame, on every connection: who we are and what the link allows.
+function session(body) {
     viewOnly = body.mode === 'view-only';
     document.body.dataset.mode = body.mode || 'interactive';
     ui.viewOnlyBadge.hidden = !viewOnly;
@@ -72,29 +60,25 @@ async function start() {
     ui.name.title = `UUID ${body.domain.uuid}; session valid until ${new Date(body.expires_at).toLocaleString()}`;
     // First-strong isolate: a name holding bidi overrides cannot reorder the rest of the title.
     document.title = `\u2068${body.domain.name}\u2069 – Console`;
-    connect();
 }
 
-function connect() {
-    setState('connecting', 'Connecting…');
+// The socket is open and authorized: RFB takes it from here. We open the socket ourselves
+// (session.js), rather than give RFB a URL, because RFB's 'disconnect' event does not say
+// why: the broker's close code and reason do. RFB 1.7 accepts an open socket and takes it
+// over by setting its on* handlers; session.js's close listener was added first, so it
+// runs before RFB's onclose (see closed()).
+function attach(ws) {
     failure = '';
-    const url = new URL('./websockify', location.href);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-
-    // We open the socket ourselves, rather than give RFB a URL, because RFB's
-    // 'disconnect' event does not say why: the broker's close code and reason do.
-    // RFB 1.7 accepts a socket that is still connecting (or open; not closed) and
-    // takes it over by setting its on* handlers, so ours must be addEventListener.
-    // Ours is added first, so it runs before RFB's onclose (see closed()).
-    const ws = new WebSocket(url, ['binary']);
-    let ended = false;  // RFB has reported 'disconnect'
-    ws.addEventListener('close', (event) => closed(ws, event, ended));
+    ended = false;
+    drawn = false;
     socket = ws;
-
     rfb = new RFB(ui.screen, ws, { shared: true });
     rfb.viewOnly = viewOnly;
-    rfb.addEventListener('disconnect', () => { ended = true; });
+    rfb.addEventListener('disconnect', () => { if (ws === socket) ended = true; });
     rfb.addEventListener('connect', () => {
+        drawn = true;
+        dropLastFrame(ui.screen);
+        link.live();
         setState('connected', viewOnly ? 'Connected (view only)' : 'Connected');
         rfb.focus();
     });
@@ -108,17 +92,24 @@ function connect() {
     controls.attach(rfb);
 }
 
-function closed(ws, event, ended) {
-    if (ws !== socket) return;  // a socket from an earlier attempt
+function describe(event) {
+    return event.reason || failure || closeReason(event, VNC_REASONS);
+}
+
+function closed() {
+    if (!rfb || !socket) return;  // closed before the broker handed the console over
+    // The last frame stays, dimmed: RFB removes its canvas once it has disconnected. An
+    // attempt that never connected (the VM still off) keeps the copy we have.
+    if (drawn) keepLastFrame(ui.screen);
     // A close while RFB is still handshaking counts as a protocol failure to RFB,
     // which logs it as a console error. For us a refusal is an ordinary end:
     // disconnecting first (we run before RFB's own close handler) makes it one.
     if (!ended) rfb.disconnect();
-    document.body.dataset.closeCode = String(event.code);
-    const reason = event.reason || failure || closeReason(event, VNC_REASONS);
-    setState('disconnected', `Disconnected: ${reason}`);
+    socket = null;
 }
 
-ui.reconnect.addEventListener('click', start);
+const link = new PageLink('', 'vnc', { setState, describe, session, attach, closed }, ui);
 
-start();
+ui.reconnect.addEventListener('click', () => link.connect());
+
+link.connect();

@@ -1,9 +1,11 @@
 // The serial-console page: one VM's serial console in xterm.js, through the broker.
 //
-// The page lives at {base}/console/{uuid}/terminal and talks only to URLs relative to it:
-//   ./session     GET, the session cookie says which console we may open (and whether
-//                 this link may take a busy console over)
-//   ./websockify  the WebSocket the broker relays to the console (?takeover=1 to take it)
+// The page is served for a link at {base}/console?token=… and lives at
+// {base}/console/{uuid}/terminal once session.js has taken the token out of the address
+// bar. session.js opens the WebSocket ({base}/console/{uuid}/websockify, ?takeover=1 to
+// take a busy console), proves who the page is on it (the broker's session frame says
+// whether this link may take a busy console over) and hands it over, open; what the page
+// says after a close is decided there too.
 // Binary frames are raw terminal bytes both ways; text frames are JSON control messages
 // (history, live, dropped, pong from the broker; resize, ping from us).
 // xterm.js is served unmodified from its npm packages at {base}/static/xterm/.
@@ -11,7 +13,7 @@
 import { Terminal } from './xterm/xterm/lib/xterm.mjs';
 import { FitAddon } from './xterm/addon-fit/lib/addon-fit.mjs';
 import { closeReason } from './closecodes.js';
-import { fetchSession } from './pagesession.js';
+import { PageLink } from './session.js';
 import { mirrorBlockedStyles } from './cspstyles.js';
 
 const $ = (id) => document.getElementById(id);
@@ -72,7 +74,7 @@ const PONG_WAIT_MS = 30_000;
 const SETTLE_MS = 2_000;
 
 const encoder = new TextEncoder();
-let session = null;    // the ./session answer
+let session = null;    // the broker's session frame
 // The link's mode, from the broker: a view-only link's input is dropped by the broker;
 // the page just does not offer (or send) what would be dropped.
 let viewOnly = false;
@@ -114,21 +116,8 @@ function setState(state, message) {
     if (state !== 'disconnected') ui.takeOver.hidden = true;
 }
 
-// Ask the broker who we are, then connect. Also what Reconnect and Take over do: the
-// session cookie stays valid for a while, so no new link is needed.
-async function start(takeover = false) {
-    delete document.body.dataset.closeCode;
-    setState('connecting', 'Checking the console session…');
-    const { session: body, error } = await fetchSession();
-    if (error) {
-        setState('error', error);
-        return;
-    }
-    // A VNC console's session opened on this page: its socket speaks RFB, not text.
-    if (body.kind && body.kind !== 'serial') {
-        location.replace('./');
-        return;
-    }
+// The broker's session frame, on every connection: who we are and what the link allows.
+function describeSession(body) {
     session = body;
     viewOnly = body.mode === 'view-only';
     document.body.dataset.mode = body.mode || 'interactive';
@@ -140,20 +129,13 @@ async function start(takeover = false) {
     ui.name.title = `UUID ${body.domain.uuid}; ${device}session valid until ${new Date(body.expires_at).toLocaleString()}`;
     // First-strong isolate: a name holding bidi overrides cannot reorder the rest of the title.
     document.title = `\u2068${body.domain.name}\u2069 – Serial console`;
-    connect(takeover);
 }
 
-function connect(takeover) {
-    setState('connecting', takeover ? 'Taking the console over…' : 'Connecting…');
-    const url = new URL('./websockify', location.href);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    if (takeover) url.searchParams.set('takeover', '1');
-    const ws = new WebSocket(url, ['binary']);
-    ws.binaryType = 'arraybuffer';
-    ws.addEventListener('open', () => opened(ws));
-    ws.addEventListener('message', (event) => received(ws, event));
-    ws.addEventListener('close', (event) => closed(ws, event));
+// The socket is open and authorized: from here on it carries the console.
+function attach(ws) {
     socket = ws;
+    ws.addEventListener('message', (event) => received(ws, event));
+    opened(ws);
 }
 
 // The broker accepts every socket before it opens the console, so that a refusal
@@ -167,13 +149,15 @@ function opened(ws) {
     pinger = setInterval(keepalive, PING_EVERY_MS);
     settle = setTimeout(() => ready(ws), SETTLE_MS);
     delete document.body.dataset.history;
-    ui.status.textContent = 'Opening the console…';
+    // An automatic retry keeps saying what it waits for until the console is really back.
+    if (document.body.dataset.state !== 'waiting') ui.status.textContent = 'Opening the console…';
     sendControl({ type: 'resize', cols: term.cols, rows: term.rows });
 }
 
 function ready(ws) {
     clearTimeout(settle);
     if (ws !== socket || document.body.dataset.state === 'connected') return;
+    link.live();
     setState('connected', viewOnly ? 'Connected (view only)' : 'Connected');
     term.focus();
 }
@@ -241,17 +225,19 @@ function notice(sgr, text) {
     term.write(`\x18\x1b[0m${newline}\x1b[${sgr}m${clean}\x1b[0m\r\n`);
 }
 
-function closed(ws, event) {
-    if (ws !== socket) return;  // a socket from an earlier attempt
+function describe(event) {
+    const busy = event.code === BUSY || event.code === TAKEN_OVER;
+    const advice = busy ? takeOverAdvice(event) : '';
+    return `${closeReason(event, SERIAL_REASONS)}${advice && ` ${advice}`}`;
+}
+
+function closed(event, state) {
     socket = null;
     replaying = false;
     clearInterval(pinger);
     clearTimeout(settle);
-    document.body.dataset.closeCode = String(event.code);
     const busy = event.code === BUSY || event.code === TAKEN_OVER;
-    const advice = busy ? takeOverAdvice(event) : '';
-    setState('disconnected', `Disconnected: ${closeReason(event, SERIAL_REASONS)}${advice && ` ${advice}`}`);
-    ui.takeOver.hidden = !(busy && session && session.may_take_over);
+    ui.takeOver.hidden = !(state === 'disconnected' && busy && session && session.may_take_over);
 }
 
 // What the user can do about a console someone else holds. The broker's busy reason
@@ -276,10 +262,8 @@ function keepalive() {
     const now = Date.now();
     if (pingSent && lastHeard < pingSent) {
         if (now - pingSent < PONG_WAIT_MS) return;  // still waiting
-        const ws = socket;
         const seconds = Math.round((now - lastHeard) / 1000);
-        closed(ws, { code: 1006, reason: `No answer from the broker for ${seconds} s; the connection is lost.` });
-        ws.close();
+        link.fail(socket, 1006, `No answer from the broker for ${seconds} s; the connection is lost.`);
         return;
     }
     pingSent = now;
@@ -434,8 +418,10 @@ ui.keys.addEventListener('change', () => {
     term.focus();
 });
 
-ui.reconnect.addEventListener('click', () => start(false));
-ui.takeOver.addEventListener('click', () => start(true));
+const link = new PageLink('terminal', 'serial', { setState, describe, session: describeSession, attach, closed }, ui);
+
+ui.reconnect.addEventListener('click', () => link.connect());
+ui.takeOver.addEventListener('click', () => link.connect({ takeover: true }));
 
 // Full screen takes the toolbar along, so Reconnect and the keys stay within reach.
 const container = $('app');
@@ -465,4 +451,4 @@ function formatBytes(n) {
     return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
-start();
+link.connect();
