@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,7 @@ def visit(context: Any, url: str, link: str, failures_dir: Path) -> dict[str, An
         )
         page.wait_for_timeout(300)  # the DevTools events of the moments before the pixel arrive
         pixel = seen["pixel"]
+        milestones = log.milestones(seen["timeOrigin"])
         at = seen["timeOrigin"] + pixel["t"]
         return {
             "ms": pixel["t"],
@@ -222,11 +224,21 @@ def visit(context: Any, url: str, link: str, failures_dir: Path) -> dict[str, An
             "redirects": seen["redirects"],
             "response_end": seen["response_end"],
             "dom_content_loaded": seen["dom_content_loaded"] or None,
-            **log.milestones(seen["timeOrigin"]),
+            **milestones,
+            "after_ws_open": pixel["t"] - milestones["ws_open"] if "ws_open" in milestones else None,
             **log.before(at),
         }
     finally:
         page.close()
+
+
+def busy(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`measure()`'s result with how many of the machine's CPUs were busy meanwhile (all
+    processes, the browser's and the servers' included): the run's noise, next to each figure."""
+    t0, busy0 = time.monotonic(), machine_busy()
+    result = measure()
+    result["machine_busy_cpus"] = round((machine_busy() - busy0) / (time.monotonic() - t0), 2)
+    return result
 
 
 def wait_quiet(limit: float = 10.0) -> float:
@@ -254,8 +266,8 @@ def run(servers: Servers, links: list[str], reps: int) -> tuple[list[dict[str, A
                 context = browser.new_context(viewport={"width": 1024, "height": 768})
                 try:
                     context.add_init_script(path=str(DETECTOR))
-                    cold = visit(context, servers.url(contender, link), link, servers.work)
-                    warm = visit(context, servers.url(contender, link), link, servers.work)
+                    cold = busy(lambda: visit(context, servers.url(contender, link), link, servers.work))
+                    warm = busy(lambda: visit(context, servers.url(contender, link), link, servers.work))
                     return cold, warm
                 finally:
                     context.close()
@@ -336,6 +348,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pixels-"))
     print(f"bench: click to pixels, {args.reps} repetition(s) on {', '.join(links)}; logs in {work}", flush=True)
     started = time.monotonic()
+    loadavg_start = Path("/proc/loadavg").read_text().split()[0]
     vm = VM(f"bench-pixels-{os.getpid()}")
     try:
         servers = Servers(work, vm.vnc_port(), vm.name)
@@ -356,6 +369,7 @@ def main() -> None:
         "versions": v,
         "machine": f"{v['nproc']} CPUs, kernel {v['kernel']}, {v['chromium']}, Playwright {v['playwright']}, "
         f"websockify {v['websockify']}, Debian novnc {v['novnc_deb']}, {v['qemu']}",
+        "loadavg": f"{loadavg_start} at the start, {Path('/proc/loadavg').read_text().split()[0]} at the end",
         "duration_s": round(time.monotonic() - started, 1),
         "waited_for_quiet_s": round(waited, 1),
         "logs": str(work),

@@ -167,8 +167,9 @@ def cell(m: dict[str, Any], link: str, visit: str, contender: str, key: str) -> 
 def table(m: dict[str, Any]) -> list[str]:
     lines = [
         "| link | visit | broker ms | vnc_lite ms | broker/vnc_lite | requests broker / vnc_lite "
-        "| from the network | kB broker / vnc_lite | WebSocket created at, ms | WebSocket open at, ms | reps |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| from the network | kB broker / vnc_lite | WebSocket created at, ms | WebSocket open at, ms "
+        "| WebSocket open → pixel, ms | CPUs busy | reps |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for link, label in LINKS.items():
         for visit in VISITS:
@@ -180,11 +181,13 @@ def table(m: dict[str, Any]) -> list[str]:
 
             b, v = (cell(m, link, visit, c, "ms") for c in CONTENDERS)
             count = lambda x: "–" if x is None else f"{x:g}"  # noqa: E731
+            cpus = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
             reps = both("reps", count)
             lines.append(
                 f"| {label} | {visit} | {fmt_ms(b)} | {fmt_ms(v)} | {fmt_ratio(ratio(b, v))} "
                 f"| {both('requests', count)} | {both('network_requests', count)} | {both('bytes', fmt_kb)} "
-                f"| {both('ws_created', fmt_ms)} | {both('ws_open', fmt_ms)} | {reps} |"
+                f"| {both('ws_created', fmt_ms)} | {both('ws_open', fmt_ms)} | {both('after_ws_open', fmt_ms)} "
+                f"| {both('machine_busy_cpus', cpus)} | {reps} |"
             )
     return lines
 
@@ -216,10 +219,12 @@ def markdown(info: dict[str, Any], results: list[dict[str, Any]]) -> str:
     lines = [
         "# Click to pixels: the broker's console page against noVNC's vnc_lite.html behind websockify",
         "",
-        f"`{info['command']}` at `{info.get('commit', '?')}`; {info.get('machine', '')}",
+        f"`{info['command']}` at `{info.get('commit', '?')}`; {info.get('machine', '')}; "
+        f"load average {info.get('loadavg', '?')}.",
         "",
         f"Medians of {info['reps']} repetition(s). ms: from the start of the navigation to the first "
-        "animation frame whose canvas shows the VM's screen. Requests and kB: before that frame.",
+        "animation frame whose canvas shows the VM's screen. Requests and kB: before that frame. "
+        "CPUs busy: the whole machine's, during the visit (of its CPUs; the benchmark's own included).",
         "",
         *table(m),
         "",
