@@ -16,6 +16,8 @@ measures, it does not assert. See docs/benchmarks.md, "Click to pixels".
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import os
 import platform
 import signal
@@ -25,6 +27,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,31 +114,73 @@ class VM:
         self.conn.close()
 
 
+@dataclass(frozen=True)
+class Certificate:
+    """A self-signed certificate for 127.0.0.1 and 127.0.0.2, and the hash of its public key,
+    which Chromium is told to trust (--ignore-certificate-errors-spki-list): trusted, not
+    merely ignored, so that the HTTP cache keeps what it serves, as with a real certificate."""
+
+    cert: Path
+    key: Path
+    spki: str
+
+    @classmethod
+    def make(cls, directory: Path) -> Certificate:
+        cert, key = directory / "tls.crt", directory / "tls.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+            + ["-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench-pixels"]
+            + ["-addext", f"subjectAltName=IP:{LOOPBACK},IP:{EMULATED_HOST}"],
+            check=True,
+            capture_output=True,
+        )
+        public = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-pubkey", "-noout"], check=True, capture_output=True
+        ).stdout
+        der = subprocess.run(
+            ["openssl", "pkey", "-pubin", "-outform", "der"], input=public, check=True, capture_output=True
+        ).stdout
+        return cls(cert, key, base64.b64encode(hashlib.sha256(der).digest()).decode())
+
+
 class Servers:
     """The broker (this tree), websockify serving Debian's noVNC, and the emulated link."""
 
-    def __init__(self, work: Path, vnc_port: int, vm_name: str) -> None:
+    def __init__(self, work: Path, vnc_port: int, vm_name: str, tls: Certificate | None) -> None:
         self.work, self.vm_name = work, vm_name
+        self.scheme = "https" if tls else "http"
         self.procs: list[Proc] = []
         self.broker_port, self.ws_port = free_port(), free_port()
         state = work / "state"
         state.mkdir()
         env = {**os.environ, "BROKER_STATE_DIR": str(state), "PYTHONPATH": str(ROOT)}
-        for key in ("BROKER_API_KEY", "BROKER_SERVER", "BROKER_CONFIG"):
+        for key in ("BROKER_API_KEY", "BROKER_SERVER", "BROKER_CONFIG", "BROKER_TLS_CERT", "BROKER_TLS_KEY"):
             env.pop(key, None)
+        websockify_tls: list[str] = []
+        if tls:
+            env.update(BROKER_TLS_CERT=str(tls.cert), BROKER_TLS_KEY=str(tls.key))
+            websockify_tls = ["--cert", str(tls.cert), "--key", str(tls.key), "--ssl-only"]
         self.broker = self.start(
             [sys.executable, "-m", "broker", "serve", "--listen", f"{LOOPBACK}:{self.broker_port}"], "broker", env
         )
         self.start(
-            [str(WEBSOCKIFY), "--web", str(NOVNC), f"{LOOPBACK}:{self.ws_port}", f"127.0.0.1:{vnc_port}"], "websockify"
+            [
+                str(WEBSOCKIFY),
+                *websockify_tls,
+                "--web",
+                str(NOVNC),
+                f"{LOOPBACK}:{self.ws_port}",
+                f"127.0.0.1:{vnc_port}",
+            ],
+            "websockify",
         )
         pairs = [f"{EMULATED_HOST}:{p}={LOOPBACK}:{p}" for p in (self.broker_port, self.ws_port)]
         self.start(
             [sys.executable, "-m", "bench.linkemu", "--rtt-ms", str(RTT_MS), "--mbit", str(MBIT), *pairs], "linkemu"
         )
-        self.wait(f"http://{LOOPBACK}:{self.broker_port}/healthz")
-        self.wait(f"http://{LOOPBACK}:{self.ws_port}/vnc_lite.html")
-        self.wait(f"http://{EMULATED_HOST}:{self.ws_port}/vnc_lite.html")
+        self.wait(f"{self.scheme}://{LOOPBACK}:{self.broker_port}/healthz")
+        self.wait(f"{self.scheme}://{LOOPBACK}:{self.ws_port}/vnc_lite.html")
+        self.wait(f"{self.scheme}://{EMULATED_HOST}:{self.ws_port}/vnc_lite.html")
         self.api_key = (state / "api-key").read_text().strip()
 
     def start(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> Proc:
@@ -147,7 +192,7 @@ class Servers:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if httpx.get(url, timeout=5).status_code == 200:
+                if httpx.get(url, timeout=5, verify=False).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -162,14 +207,15 @@ class Servers:
         """A fresh link for `contender`, as the browser on `link` reaches it."""
         host = EMULATED_HOST if link == "link" else LOOPBACK
         if contender == "vnc_lite":  # its defaults: this host and port, path "websockify"
-            return f"http://{host}:{self.ws_port}/vnc_lite.html"
+            return f"{self.scheme}://{host}:{self.ws_port}/vnc_lite.html"
         # Minted over REST as a panel would; the Host header names the address the browser uses,
         # so the console_url the broker gives points there.
         response = httpx.post(
-            f"http://{LOOPBACK}:{self.broker_port}/api/v1/domains/{self.vm_name}/console",
+            f"{self.scheme}://{LOOPBACK}:{self.broker_port}/api/v1/domains/{self.vm_name}/console",
             headers={"Authorization": f"Bearer {self.api_key}", "Host": f"{host}:{self.broker_port}"},
             json={},
             timeout=15,
+            verify=False,
         )
         response.raise_for_status()
         return str(response.json()["console_url"])
@@ -253,13 +299,16 @@ def wait_quiet(limit: float = 10.0) -> float:
     return time.monotonic() - t0
 
 
-def run(servers: Servers, links: list[str], reps: int) -> tuple[list[dict[str, Any]], float]:
+def run(servers: Servers, links: list[str], reps: int, tls: Certificate | None) -> tuple[list[dict[str, Any]], float]:
     from playwright.sync_api import sync_playwright
 
     results: list[dict[str, Any]] = []
     waited = 0.0
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_setup.EXECUTABLE, args=chromium_setup.ARGS)
+        trust = [f"--ignore-certificate-errors-spki-list={tls.spki}"] if tls else []
+        browser = playwright.chromium.launch(
+            executable_path=chromium_setup.EXECUTABLE, args=[*chromium_setup.ARGS, *trust]
+        )
         try:
 
             def pair(contender: str, link: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -326,6 +375,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
     parser.add_argument("--links", default="loopback,cdp,link", help="comma-separated: loopback,cdp,link")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "pixels", help="results folder")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve both contenders over HTTPS (a self-signed certificate the browser trusts); "
+        "Chromium offers brotli and zstd only over HTTPS",
+    )
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render results.md")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through the finally blocks
@@ -351,10 +406,11 @@ def main() -> None:
     loadavg_start = Path("/proc/loadavg").read_text().split()[0]
     vm = VM(f"bench-pixels-{os.getpid()}")
     try:
-        servers = Servers(work, vm.vnc_port(), vm.name)
+        tls = Certificate.make(work) if args.tls else None
+        servers = Servers(work, vm.vnc_port(), vm.name, tls)
         try:
             time.sleep(3)  # SeaBIOS reaches "No bootable device"
-            results, waited = run(servers, links, args.reps)
+            results, waited = run(servers, links, args.reps, tls)
         finally:
             servers.close()
     finally:
@@ -366,6 +422,7 @@ def main() -> None:
         "commit": commit.stdout.strip() or "?",
         "reps": args.reps,
         "links": links,
+        "scheme": "https" if args.tls else "http",
         "versions": v,
         "machine": f"{v['nproc']} CPUs, kernel {v['kernel']}, {v['chromium']}, Playwright {v['playwright']}, "
         f"websockify {v['websockify']}, Debian novnc {v['novnc_deb']}, {v['qemu']}",

@@ -220,7 +220,7 @@ def markdown(info: dict[str, Any], results: list[dict[str, Any]]) -> str:
         "# Click to pixels: the broker's console page against noVNC's vnc_lite.html behind websockify",
         "",
         f"`{info['command']}` at `{info.get('commit', '?')}`; {info.get('machine', '')}; "
-        f"load average {info.get('loadavg', '?')}.",
+        f"load average {info.get('loadavg', '?')}; served over {info.get('scheme', 'http').upper()}.",
         "",
         f"Medians of {info['reps']} repetition(s). ms: from the start of the navigation to the first "
         "animation frame whose canvas shows the VM's screen. Requests and kB: before that frame. "
