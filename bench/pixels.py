@@ -153,9 +153,9 @@ class Servers:
         self.broker_port, self.ws_port = free_port(), free_port()
         state = work / "state"
         state.mkdir()
-        env = {**os.environ, "BROKER_STATE_DIR": str(state), "PYTHONPATH": str(ROOT)}
-        for key in ("BROKER_API_KEY", "BROKER_SERVER", "BROKER_CONFIG", "BROKER_TLS_CERT", "BROKER_TLS_KEY"):
-            env.pop(key, None)
+        # Default settings: none of this shell's BROKER_* (a public_url would send the links elsewhere).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+        env.update(BROKER_STATE_DIR=str(state), PYTHONPATH=str(ROOT))
         websockify_tls: list[str] = []
         if tls:
             env.update(BROKER_TLS_CERT=str(tls.cert), BROKER_TLS_KEY=str(tls.key))
