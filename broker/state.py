@@ -21,6 +21,7 @@ Imported by the CLI: standard library only, nothing heavy.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -190,7 +191,10 @@ def read_private_file(path: Path, limit: int = 4 * 1024 * 1024) -> str:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
             raise PermissionError(f"not a regular file of uid {os.geteuid()} with mode 0600 (mode {_mode(st)})")
-        return fh.read(limit).decode("utf-8", "replace")
+        data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+        return data.decode("utf-8", "replace")
 
 
 def read_server_file(state_dir: Path, owner: int) -> ServerInfo:

@@ -38,6 +38,8 @@ log = logging.getLogger("broker.pages")
 
 # In the state dir: the digests of live passes, for a restart.
 PASSES_FILE = "page-passes.json"
+# ~400 bytes a pass: room for ~150,000 passes live at once; a larger file is refused whole.
+PASSES_FILE_LIMIT = 64 * 1024 * 1024
 _FORMAT = 1
 
 NO_PASS = "This page holds no console session (it is kept per browser tab); ask for a new console link."
@@ -54,6 +56,8 @@ class PagePasses:
         self._passes: dict[str, Grant] = {}
         # Passes an administrator ended (a killed session's), until they would expire.
         self._ended: dict[str, float] = {}
+        # Passes whose pages are waiting for their VM to run (not saved: only quiets the logs).
+        self._waiting: set[str] = set()
         if path is not None:
             self._load()
 
@@ -80,6 +84,29 @@ class PagePasses:
         if hits:
             self._save()
         return len(hits)
+
+    def end_for_digest(self, digest: str) -> None:
+        """The link this pass came from turned out to be for an earlier run of the domain
+        (checked when its first console opened): the pass ends with it."""
+        grant = self._passes.get(digest)
+        if grant is not None and not grant.revoked:
+            self._passes[digest] = replace(grant, revoked=True)
+            self._save()
+
+    def still_waiting(self, digest: str | None) -> bool:
+        """A console this pass opens is refused because its VM is not running: False the
+        first time (worth a log line and an audit event), True for the page's retries."""
+        if not digest:
+            return False
+        if digest in self._waiting:
+            return True
+        self._waiting.add(digest)
+        return False
+
+    def stop_waiting(self, digest: str | None) -> None:
+        """A console this pass opened did open: a later wait is news again."""
+        if digest:
+            self._waiting.discard(digest)
 
     def end(self, digest: str) -> None:
         """An administrator killed a live session this pass opened: the page may not
@@ -110,6 +137,7 @@ class PagePasses:
 
     def _purge(self, now: float) -> None:
         self._passes = {d: g for d, g in self._passes.items() if g.expires_at > now}
+        self._waiting &= self._passes.keys()
         self._ended = {d: until for d, until in self._ended.items() if until > now}
 
     def _save(self) -> None:
@@ -128,7 +156,7 @@ class PagePasses:
     def _load(self) -> None:
         assert self.path is not None
         try:
-            raw = read_private_file(self.path)
+            raw = read_private_file(self.path, limit=PASSES_FILE_LIMIT)
         except FileNotFoundError:
             return
         except OSError as exc:

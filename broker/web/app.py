@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,24 +23,27 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..access.keys import LIST, SCREENSHOT, ApiKey, match
 from ..access.limits import AUTH_FAILURE_BURST, AUTH_FAILURE_RATE, RateLimiter, SessionLimits
-from ..access.pages import PagePasses
+from ..access.pages import UNDEFINED, PagePasses
 from ..access.tokens import Grant, MintedToken, Tokens, digest_of
 from ..errors import (
     CONSOLE_BUSY,
     CONSOLE_CLOSED,
+    DOMAIN_NOT_RUNNING,
     EXCLUSIVE_TAKEN,
     IDLE_TIMEOUT,
     INVALID_INPUT,
     ORIGIN_REFUSED,
     RATE_LIMITED,
+    SESSION_ENDED,
     SESSION_TIME_LIMIT,
     SHUTTING_DOWN,
     TAKEN_OVER,
     TOKEN_INVALID,
+    TOKEN_REVOKED,
     UNAUTHORIZED,
     UNSUPPORTED_DATA,
     VM_STOPPED,
@@ -63,6 +66,9 @@ from .proxy import CLI_SOCKET_SCOPE_KEY
 from .screenshots import SCREENSHOT_HEADERS, Screenshots, screenshot_width
 
 log = logging.getLogger("broker.app")
+
+# Refusals a console page waits through, retrying by itself (web/public/session.js).
+WAITING = frozenset({DOMAIN_NOT_RUNNING})
 
 # The console page and its links: never cached, never leak the URL onwards (pagehtml.py);
 # the broker's own headers add the configured frame_ancestors.
@@ -365,7 +371,15 @@ class Broker:
         async def read_first_frame() -> None:
             if not self.origin_allowed(websocket):  # nothing is read from a foreign page
                 raise self.origin_refused(websocket)
-            presented.append(await read_credential(websocket))
+            # Sockets waiting for their first frame count as consoles being opened
+            # (max_pending, BUSY), like every other socket between accept and relay.
+            with self.live.opening():
+                credential = await read_credential(websocket)
+            if credential.token is not None:
+                await self.check_link_run(credential.token, uuid)
+            else:
+                await self.check_pass_domain(credential.pass_id, uuid)
+            presented.append(credential)
 
         def authorize() -> Grant:
             grant, pass_id = self.page_grant(websocket, uuid, presented[0])
@@ -373,12 +387,43 @@ class Broker:
             return grant
 
         async def announce(grant: Grant) -> None:
-            await websocket.send_text(session_frame(grant, issued[0]))
+            try:
+                await websocket.send_text(session_frame(grant, issued[0], self.pages.clock()))
+            except (WebSocketDisconnect, OSError):  # uvicorn's ClientDisconnected is an OSError
+                raise PageLeft from None
 
         await self.serve_console(websocket, authorize, prelude=read_first_frame, announce=announce)
 
+    async def check_link_run(self, token: str, uuid: str) -> None:
+        """A link is for the run of the domain it was minted in (the pass it turns into is
+        not): before it is spent for a pass, that run must be the one running, so a lost
+        stop event (libvirtd restarting) cannot hand a pass for a re-provisioned VM."""
+        link = self.tokens.peek(token)
+        run_id = link.console.run_id
+        if link.console.uuid != uuid or run_id is None:  # another console's (page_grant says so); static
+            return
+        domain = await self.consoles.find(uuid)
+        if not domain.active:
+            raise BrokerError(TOKEN_REVOKED)
+        if domain.run_id != run_id:
+            raise BrokerError(TOKEN_REVOKED, "The VM was restarted after the link was made; ask for a new one.")
+
+    async def check_pass_domain(self, pass_id: str | None, uuid: str) -> None:
+        """A pass ends with its domain's undefine (a libvirt event). Should the broker have
+        missed that event (it was down, or its connection was), a domain defined again with
+        the same UUID under another name is not the one the link was for: the pass ends.
+        (One defined again under the same name and UUID cannot be told apart: docs/security.md.)"""
+        grant = self.pages.check(pass_id, uuid)
+        domain = await self.consoles.find(uuid)
+        if domain.name != grant.name:
+            assert pass_id is not None  # check() refuses a missing pass
+            self.pages.end_for_digest(digest_of(pass_id))
+            raise BrokerError(SESSION_ENDED, UNDEFINED)
+
     def page_grant(self, websocket: WebSocket, uuid: str, credential: Credential) -> tuple[Grant, str]:
-        """The page's pass checked, or its link spent for a new pass: (grant, pass)."""
+        """The page's pass checked, or its link spent for a new pass: (grant, pass). The
+        session a link opens is still checked against the link's run when the console is
+        opened (consoles.open); a mismatch there ends the new pass too (serve_console)."""
         if credential.pass_id is not None:
             grant, pass_id = self.pages.check(credential.pass_id, uuid), credential.pass_id
         else:
@@ -388,6 +433,7 @@ class Broker:
             link = self.tokens.redeem(credential.token)
             self.observe.link_redeemed(link)
             pass_id, grant = self.pages.open(link)
+            grant = replace(grant, console=link.console)  # this first session: the link's run only
             log.info("console link for %s exchanged for a page session from %s", link.name, _client(websocket))
         websocket.scope[ops.PAGE_PASS_SCOPE_KEY] = digest_of(pass_id)
         return grant, pass_id
@@ -415,10 +461,19 @@ class Broker:
             log.info("console page from %s left before it sent its token or pass", client)
             return
         except BrokerError as exc:
-            log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
-            self.observe.refused(exc, ops.client_address(websocket), at="websocket")
+            page_pass = websocket.scope.get(ops.PAGE_PASS_SCOPE_KEY)
+            if exc.failure is TOKEN_REVOKED and page_pass:  # the link's run was over after all
+                self.pages.end_for_digest(page_pass)
+            if exc.failure in WAITING and self.pages.still_waiting(page_pass):
+                # A page waiting for its VM retries by itself: its first refusal is on
+                # record (log, audit, metrics), the repeats only in the debug log.
+                log.debug("refused console session from %s: %s (still waiting)", client, exc.failure.slug)
+            else:
+                log.info("refused console session from %s: %s (%s)", client, exc.failure.slug, exc.message)
+                self.observe.refused(exc, ops.client_address(websocket), at="websocket")
             await _close(websocket, exc)
             return
+        self.pages.stop_waiting(websocket.scope.get(ops.PAGE_PASS_SCOPE_KEY))
         limit = _shortest(self.limits.max_session_length, session.max_session_length)
         timer = (
             asyncio.get_running_loop().call_later(limit, session.end, BrokerError(SESSION_TIME_LIMIT))

@@ -11,7 +11,7 @@ and the broker answers, once the credential is good and before any console byte,
 
     {"type": "session", "pass": "…", "domain": {"name": …, "uuid": …}, "kind": "vnc"|"serial",
      "console": "<device>", "mode": "interactive"|"view-only"|"exclusive",
-     "may_take_over": bool, "expires_at": "<ISO 8601, UTC>"}
+     "may_take_over": bool, "expires_at": "<ISO 8601, UTC>", "expires_in": <seconds>}
 
 then the console's stream as on /websockify. A refusal is a close with its code and
 reason (broker/errors.py); a first frame that is missing, late or malformed closes with
@@ -84,8 +84,10 @@ async def read_credential(websocket: WebSocket, timeout: float = FIRST_FRAME_SEC
     return parse_first_frame(message)
 
 
-def session_frame(grant: Grant, pass_id: str) -> str:
-    """The broker's first frame to the page: what it opened, and the pass for next time."""
+def session_frame(grant: Grant, pass_id: str, now: float) -> str:
+    """The broker's first frame to the page: what it opened, and the pass for next time.
+    `expires_in` (seconds) beside `expires_at`: the page times its window by its own
+    clock from that, so a browser whose clock is off does not give up early or late."""
     return json.dumps(
         {
             "type": "session",
@@ -96,5 +98,6 @@ def session_frame(grant: Grant, pass_id: str) -> str:
             "mode": grant.mode.value,
             "may_take_over": grant.may_take_over,
             "expires_at": datetime.fromtimestamp(grant.expires_at, UTC).isoformat(timespec="seconds"),
+            "expires_in": max(0, round(grant.expires_at - now)),
         }
     )

@@ -22,7 +22,7 @@ from support.ws import open_page, page_close_of, page_socket, session_of
 
 pytestmark = pytest.mark.integration
 
-SESSION_KEYS = {"type", "pass", "domain", "kind", "console", "mode", "may_take_over", "expires_at"}
+SESSION_KEYS = {"type", "pass", "domain", "kind", "console", "mode", "may_take_over", "expires_at", "expires_in"}
 
 
 def test_a_get_does_not_spend_the_link(broker: BrokerProcess, tcp_vm: libvirt.virDomain) -> None:

@@ -189,12 +189,90 @@ def test_the_page_socket_spends_the_link_and_answers_with_a_session(api, define_
         end_from_the_vnc_side(ws, vnc_server)
     assert session["domain"] == {"name": domain.name(), "uuid": uuid}
     assert (session["kind"], session["console"], session["mode"]) == ("vnc", "graphics 0", "interactive")
+    assert 0 < session["expires_in"] <= 600  # the page times its window by this, not by its own clock
     with page_socket(api.client, uuid, **{"pass": session["pass"]}) as ws:
         assert session_of(ws)["pass"] == session["pass"]
         assert ws.receive_bytes() == vnc_server.GREETING
         end_from_the_vnc_side(ws, vnc_server)
     page = api.client.get(f"/console?token={token}")
     assert page.status_code == 401 and "already used" in page.text
+
+
+def test_a_link_for_an_earlier_run_gives_no_pass(api, define_domain, vnc_server) -> None:
+    """Had the STOPPED event been lost, the link of the run before must not turn into a
+    pass (which names any run): 4104 before a session frame."""
+    from dataclasses import replace
+
+    from unit_support import vnc_graphics
+
+    domain = define_domain(vnc_graphics(vnc_server.port))
+    token = api.token_for(domain)
+    store = api.broker.tokens.store._grants
+    [(digest, grant)] = [(d, g) for d, g in store.items() if g.console.uuid == domain.UUIDString()]
+    store[digest] = replace(grant, console=replace(grant.console, run_id=domain.ID() + 1000))
+    with page_socket(api.client, domain.UUIDString(), token=token) as ws:
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+    assert closed.value.code == 4104 and "restarted" in closed.value.reason
+    assert len(api.broker.pages) == 0
+
+
+def test_a_pass_for_a_domain_now_under_another_name_ends(api, define_domain, vnc_server) -> None:
+    """The undefine event was missed (the broker was down) and the UUID came back under
+    another name: not the VM the link was for."""
+    from dataclasses import replace
+
+    from unit_support import vnc_graphics
+
+    domain = define_domain(vnc_graphics(vnc_server.port))
+    uuid = domain.UUIDString()
+    with page_socket(api.client, uuid, token=api.token_for(domain)) as ws:
+        pass_id = session_of(ws)["pass"]
+        assert ws.receive_bytes() == vnc_server.GREETING
+        end_from_the_vnc_side(ws, vnc_server)
+    passes = api.broker.pages._passes
+    [digest] = list(passes)
+    passes[digest] = replace(passes[digest], name="the-vm-it-was")
+    for _attempt in range(2):  # and it stays ended
+        with page_socket(api.client, uuid, **{"pass": pass_id}) as ws:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_text()
+        assert closed.value.code == 4105 and "removed" in closed.value.reason
+
+
+def test_a_page_waiting_for_its_vm_is_on_record_once(api, define_domain, vnc_server, caplog) -> None:
+    """Its retries (every few seconds for the whole window) are not a refusal each in the
+    log and the audit trail: the first is, until a console opens again."""
+    import logging
+
+    from unit_support import vnc_graphics
+
+    domain = define_domain(vnc_graphics(vnc_server.port))
+    uuid = domain.UUIDString()
+    with page_socket(api.client, uuid, token=api.token_for(domain)) as ws:
+        pass_id = session_of(ws)["pass"]
+        assert ws.receive_bytes() == vnc_server.GREETING
+        end_from_the_vnc_side(ws, vnc_server)
+    domain.destroy()
+    caplog.set_level(logging.DEBUG, logger="broker.app")
+    for _retry in range(3):
+        with page_socket(api.client, uuid, **{"pass": pass_id}) as ws:
+            session_of(ws)
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_bytes()
+        assert closed.value.code == 4201
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refused console session")]
+    assert [r.levelno for r in refusals] == [logging.INFO, logging.DEBUG, logging.DEBUG]
+
+
+def test_a_pass_file_too_large_is_refused_whole_and_said_so(tmp_path: Path) -> None:
+    from broker.state import read_private_file, write_private_file
+
+    path = tmp_path / "big.json"
+    write_private_file(path, "x" * 2000)
+    with pytest.raises(OSError, match="larger than 1000 bytes"):
+        read_private_file(path, limit=1000)
+    assert read_private_file(path, limit=2000) == "x" * 2000
 
 
 # -- frame_ancestors --------------------------------------------------------------------
