@@ -123,7 +123,8 @@ def test_a_connection_lost_while_typing_is_reported(stack, console_vm: libvirt.v
     for session in sessions:  # an administrator ends the console session (4305)
         assert httpx.delete(f"{api}/{session['id']}", headers=headers).status_code == 200
     page.wait_for_selector("body[data-typed='lost']")
-    wait_state(page, "error")  # 4305 is final: no Reconnect
+    wait_state(page, "error")  # 4305 is final: the page offers no Reconnect
+    assert page.is_hidden("#reconnect")
     note = page.inner_text("#clipboard-note")
     match = re.fullmatch(r"Connection lost after (\d+) of 2000 characters; the rest was not typed\.", note)
     assert match and 0 < int(match.group(1)) < 2000, note
@@ -248,6 +249,52 @@ def test_on_a_phone_the_toolbar_folds_away_and_the_on_screen_keys_reach_the_gues
     page.screenshot(path=str(artifacts / "console-phone-keys.png"))
     page.tap("#show-toolbar")
     assert page.is_visible("#toolbar")
+    assert not page.js_errors
+
+
+def test_the_on_screen_keys_queue_is_bounded_and_left_behind_on_reconnect(
+    stack, console_vm: libvirt.virDomain, phone
+) -> None:
+    """A burst bigger than the queue loses its end, and says so; what is still queued when
+    the connection changes goes nowhere (not to the new connection)."""
+    page = phone
+    open_console(page, stack, console_vm)
+    # Count the key events each RFB object is given.
+    page.evaluate(
+        """() => {
+            const proto = Object.getPrototypeOf(globalThis.rfb);
+            const sendKey = proto.sendKey;
+            globalThis.keysSent = new Map();
+            proto.sendKey = function (...args) {
+                globalThis.keysSent.set(this, (globalThis.keysSent.get(this) || 0) + 1);
+                return sendKey.apply(this, args);
+            };
+            globalThis.firstRfb = globalThis.rfb;
+        }"""
+    )
+    page.tap("#keyboard")
+    page.evaluate(
+        """() => {
+            const field = document.getElementById('soft-keyboard');
+            field.value += 'a'.repeat(1500);  // 3000 key events, one input event
+            field.dispatchEvent(new InputEvent('input', { inputType: 'insertText' }));
+        }"""
+    )
+    note = page.inner_text("#scale-note")
+    match = re.fullmatch(r"Too many keys at once: (\d+) dropped \(at most 2000 key events wait to be sent\)\.", note)
+    assert match, note
+    assert 490 <= int(match[1]) <= 510, note  # about 1000 of the 1500 fit
+    # The connection drops while the queue still holds most of the burst (12 ms a key).
+    page.evaluate("() => globalThis.rfb.disconnect()")
+    wait_state(page, "disconnected")
+    page.click("#reconnect")
+    wait_state(page, "connected")
+    page.wait_for_timeout(1000)
+    sent = page.evaluate(
+        "() => [globalThis.keysSent.get(globalThis.firstRfb) || 0, globalThis.keysSent.get(globalThis.rfb) || 0]"
+    )
+    assert page.evaluate("() => globalThis.rfb !== globalThis.firstRfb")
+    assert 0 < sent[0] < 2000 and sent[1] == 0, sent
     assert not page.js_errors
 
 

@@ -223,7 +223,7 @@ def test_a_vm_stopped_and_started_again_is_reconnected(stack, conn: libvirt.virC
         assert page.get_attribute("body", "data-close-code") == "4300"
         assert "waiting for it to start" in page.inner_text("#status")
         assert page.is_visible("#screen canvas.last-frame")
-        page.wait_for_timeout(7_000)  # two retries later (every 3 s) the last picture is still there
+        page.wait_for_timeout(7_000)  # a retry later (3 s; the next after 6 s more) the last picture is still there
         assert page.get_attribute("body", "data-state") == "waiting"
         assert page.is_visible("#screen canvas.last-frame")
         dom.create()

@@ -313,6 +313,124 @@ def test_every_close_shows_a_reason(
     assert page.eval_on_selector("#screen", "e => e.style.opacity") == ("" if state == "waiting" else "0.5")
 
 
+def wait_closed(fake: FakeSerial, connection: int, timeout: float = 10.0) -> None:
+    """Until the stand-in has seen the page's `connection`th socket (from 1) end."""
+    deadline = time.monotonic() + timeout
+    while not fake.wait_connections(connection, timeout).closed:
+        assert time.monotonic() < deadline, f"connection {connection} is still open"
+        time.sleep(0.02)
+
+
+def wait_credential(fake: FakeSerial, connection: int, timeout: float = 10.0) -> dict[str, str]:
+    """What the page presented first on its `connection`th socket, once it has."""
+    deadline = time.monotonic() + timeout
+    while not fake.wait_connections(connection, timeout).credential:
+        assert time.monotonic() < deadline, f"no credential on connection {connection}"
+        time.sleep(0.02)
+    return fake.connections[connection - 1].credential
+
+
+def test_while_the_vm_stays_off_the_retries_back_off(fake: FakeSerial, fresh_page) -> None:
+    """Each retry costs the broker a libvirt lookup, a log line and an audit event: after
+    3 s, then twice as long each time up to 30 s; a connection that works starts over."""
+    page = fresh_page
+    page.clock.install()
+    page.goto(fake.page_url)
+    wait_state(page, "connected")
+    fake.refuse = lambda _query: (4300, "")
+    fake.close(4300)
+    wait_state(page, "waiting")
+    count = 1
+
+    def next_retry_after(seconds: int) -> None:
+        nonlocal count
+        wait_closed(fake, count)
+        page.wait_for_timeout(200)  # the page has read the close (timers run at the real pace)
+        page.clock.fast_forward(seconds * 1000 - 1000)
+        page.wait_for_timeout(300)
+        assert len(fake.connections) == count, f"retried before {seconds} s"
+        page.clock.fast_forward(2000)
+        count += 1
+        assert wait_credential(fake, count) == {"pass": PASS}
+
+    for seconds in (3, 6, 12, 24, 30, 30):
+        next_retry_after(seconds)
+        assert "waiting for it to start" in page.inner_text("#status")
+    # The VM runs again: the next retry connects, and the next wait starts from 3 s.
+    wait_closed(fake, count)
+    fake.refuse = lambda _query: None
+    page.wait_for_timeout(200)
+    page.clock.fast_forward(31_000)
+    wait_state(page, "connected")
+    count += 1
+    fake.refuse = lambda _query: (4300, "")
+    fake.close(4300)
+    wait_state(page, "waiting")
+    next_retry_after(3)
+
+
+def test_reconnect_while_a_retry_is_on_its_way_leaves_one_socket(fake: FakeSerial, fresh_page) -> None:
+    """Reconnect stays offered while the page waits; pressed while an automatic retry is
+    still being answered, the page closes that retry's socket rather than leave the broker
+    relaying a console nobody reads (on a serial console it would hold the console)."""
+    page = fresh_page
+    page.goto(fake.page_url)
+    wait_state(page, "connected")
+    fake.close(4300)
+    wait_state(page, "waiting")
+    fake.session_delay = 1.5  # the broker is slow to answer the retry
+    wait_credential(fake, 2)  # the automatic retry has presented its pass
+    assert page.is_enabled("#reconnect")
+    page.click("#reconnect")
+    fake.wait_connections(3)
+    wait_state(page, "connected")
+    wait_closed(fake, 2)
+    time.sleep(2 * fake.session_delay)  # long enough for a stray session to have come through
+    assert fake.open_connections() == [fake.connections[2]]
+    assert len(fake.connections) == 3
+    assert page.get_attribute("body", "data-state") == "connected"
+    assert not page.js_errors
+
+
+def test_a_client_clock_far_ahead_still_reconnects(fresh_page) -> None:
+    """The page counts the session's time from the broker's expires_in, not by comparing
+    expires_at with its own clock: here a day behind it, as a clock a day fast would see it."""
+    page = fresh_page
+    with fake_serial(expires_at="2000-01-01T00:00:00+00:00", expires_in=600) as fake:
+        page.goto(fake.page_url)
+        wait_state(page, "connected")
+        fake.close(4300)
+        wait_state(page, "waiting")
+        wait_state(page, "connected")
+        assert fake.wait_connections(2).credential == {"pass": PASS}
+        page.reload()  # the stored deadline is on the page's clock too
+        wait_state(page, "connected")
+        assert fake.wait_connections(3).credential == {"pass": PASS}
+
+
+def test_past_its_deadline_the_page_stops_retrying_and_the_broker_decides(fresh_page) -> None:
+    """The page's deadline only ends the automatic retries; Reconnect still asks the
+    broker, whose 4105 is what ends the session for good."""
+    page = fresh_page
+    with fake_serial(expires_in=1) as fake:
+        page.goto(fake.page_url)
+        wait_state(page, "connected")
+        time.sleep(1.2)
+        fake.close(4300)
+        wait_state(page, "disconnected")
+        assert "time is up" in page.inner_text("#status")
+        assert page.is_visible("#reconnect") and page.is_enabled("#reconnect")
+        time.sleep(3.5)  # no automatic retry
+        assert len(fake.connections) == 1
+        page.click("#reconnect")
+        wait_state(page, "connected")
+        assert fake.wait_connections(2).credential == {"pass": PASS}
+        fake.close(4105)
+        wait_state(page, "error")
+        assert "session has expired" in page.inner_text("#status")
+        assert page.is_hidden("#reconnect")
+
+
 def test_a_view_only_link_offers_no_input(fresh_page) -> None:
     page = fresh_page
     with fake_serial(mode="view-only") as fake:

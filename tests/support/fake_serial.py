@@ -62,6 +62,9 @@ class FakeSerial:
     greeting: list[bytes | str | dict[str, Any]] = field(
         default_factory=lambda: [{"type": "history", "available": True, "bytes": 0}, {"type": "live"}]
     )
+    # Seconds the stand-in waits between the page's credential and its session frame: an
+    # attempt kept in flight (as a slow libvirt lookup would).
+    session_delay: float = 0.0
     connections: list[Connection] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
     sockets: list[WebSocket] = field(default_factory=list)
@@ -87,6 +90,9 @@ class FakeSerial:
             assert time.monotonic() < deadline, f"the page opened {len(self.connections)} connection(s), not {count}"
             time.sleep(0.02)
         return self.connections[count - 1]
+
+    def open_connections(self) -> list[Connection]:
+        return [c for c in self.connections if not c.closed]
 
     def _run(self, coro: Any) -> None:
         assert self.loop is not None
@@ -123,24 +129,26 @@ class FakeSerial:
                 connection.closed = True
                 return
             connection.credential = json.loads(first["text"])
-            # As the broker does: the session frame as soon as the credential is good, before
-            # the console is opened (and maybe refused).
-            await _send(ws, [{"type": "session", "pass": PASS, **self.session}])
-            refusal = self.refuse(connection.query)
-            if refusal:
-                await ws.close(*refusal)
-                connection.closed = True
-                return
-            self.sockets.append(ws)
-            await _send(ws, self.greeting)
             try:
+                if self.session_delay:
+                    await asyncio.sleep(self.session_delay)
+                # As the broker does: the session frame as soon as the credential is good,
+                # before the console is opened (and maybe refused).
+                await _send(ws, [{"type": "session", "pass": PASS, **self.session}])
+                refusal = self.refuse(connection.query)
+                if refusal:
+                    await ws.close(*refusal)
+                    connection.closed = True
+                    return
+                self.sockets.append(ws)
+                await _send(ws, self.greeting)
                 while True:
                     message = await ws.receive()
                     if message["type"] == "websocket.disconnect":
                         break
                     connection.frames.append(message["bytes"] if message.get("bytes") is not None else message["text"])
-            except WebSocketDisconnect:
-                pass
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                pass  # the page closed it (maybe while the stand-in was still talking)
             connection.closed = True
 
         return Starlette(
@@ -166,6 +174,7 @@ def serial_session(**overrides: Any) -> dict[str, Any]:
     return {
         "domain": {"name": "web-1", "uuid": UUID},
         "expires_at": "2099-01-01T00:00:00+00:00",
+        "expires_in": 600,
         "kind": "serial",
         "console": "serial0",
         "may_take_over": True,

@@ -21,7 +21,7 @@ export function setupControls(getRfb) {
     setupToolbar(getRfb, focusScreen, touch.sendKeys);
     setupTyping(getRfb, focusScreen);
     setupScreenshot(getRfb);
-    const parts = [setupScaling(getRfb, focusScreen), setupSettings(getRfb), setupGuestClipboard(focusScreen)];
+    const parts = [touch, setupScaling(getRfb, focusScreen), setupSettings(getRfb), setupGuestClipboard(focusScreen)];
 
     return {
         attach(rfb) {

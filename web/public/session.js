@@ -7,10 +7,13 @@
 // (…/console/{uuid}/websockify):
 //   → {"token": T}                first time; later {"pass": P}
 //   ← {"type": "session", "pass": P, "domain": {name, uuid}, kind, console, mode,
-//      may_take_over, expires_at}   then the console's stream
+//      may_take_over, expires_at, expires_in}   then the console's stream
 // The pass lets Reload, Reconnect and the automatic reconnects (after a broker restart,
-// while a stopped VM starts again) work until expires_at. It lives in memory and in this
-// tab's sessionStorage; there is no cookie, so the page works in a panel's cross-site iframe.
+// while a stopped VM starts again) work until the session ends. It lives in memory and in
+// this tab's sessionStorage; there is no cookie, so the page works in a panel's cross-site
+// iframe. The page's own deadline is expires_in (seconds left) counted from when the frame
+// arrived, so a client clock that is off does not matter; it only stops the automatic
+// retries: that a session is over for good is the broker's word (4105).
 //
 // The broker fills in the page's <html data-console="{uuid}" data-console-dir="…">: the
 // console's UUID and the relative URL of /console/{uuid}/ from where the page was served.
@@ -30,12 +33,32 @@ const RESTART = 1012;     // uvicorn's own close for a socket still opening at s
 const LOST = 1006;        // no close frame: the broker (or its proxy) is not there
 
 const NO_SESSION = 'This browser tab holds no console session; ask for a new console link.';
-const EXPIRED = 'This console session has expired; ask for a new console link.';
 const RESTARTING = 'The console broker is restarting; this page reconnects by itself when it is back.';
 const VM_WAITING = 'The virtual machine is not running; waiting for it to start (this page reconnects by itself).';
 
-const VM_RETRY_MS = 3000;
-const RESTART_RETRY_MS = [500, 1000, 2000, 4000, 8000];
+const TIME_UP = 'This console session’s time is up, so the page stopped retrying; Reconnect tries once more, or ask for a new console link.';
+
+// Automatic retries back off: each one costs the broker a libvirt lookup, a log line and
+// an audit event, and a VM may stay off for the whole session. The delay doubles from the
+// first to the most, and starts again from the first once a connection succeeds.
+const VM_RETRY_FIRST_MS = 3000;
+const VM_RETRY_MAX_MS = 30000;
+const RESTART_RETRY_FIRST_MS = 500;
+const RESTART_RETRY_MAX_MS = 8000;
+
+function backoff(first, most, retries) {
+    return Math.min(most, first * 2 ** Math.min(retries, 16));
+}
+
+// The session's end on this browser's clock: now plus the broker's expires_in, else
+// (an older broker) its absolute expires_at.
+function deadline(info) {
+    const seconds = Number(info.expires_in);
+    if (info.expires_in !== undefined && info.expires_in !== null && Number.isFinite(seconds)) {
+        return Date.now() + seconds * 1000;
+    }
+    return Date.parse(info.expires_at) || 0;
+}
 
 function load() {
     try {
@@ -80,11 +103,12 @@ export class PageLink {
         this.socket = null;
         this.info = null;       // the last session frame
         this.timer = 0;
-        this.retries = 0;
+        this.retries = 0;       // automatic retries since the last connection that worked
+        this.attached = null;   // the socket handed to the page (hooks.attach)
         const token = takeToken(page);
         const stored = load();
         this.credential = token ? { token } : stored && (stored.pass ? { pass: stored.pass } : stored.token ? { token: stored.token } : null);
-        this.expires = !token && stored && stored.expires_at ? Date.parse(stored.expires_at) : 0;
+        this.expires = token || !stored ? 0 : stored.deadline || Date.parse(stored.expires_at) || 0;
         if (token) save({ token });  // until the broker exchanges it: a reload in between still works
     }
 
@@ -95,12 +119,17 @@ export class PageLink {
     // Open a socket. `quiet`: an automatic retry, which keeps the waiting message up.
     connect({ takeover = false, quiet = false } = {}) {
         clearTimeout(this.timer);
+        this.timer = 0;
+        const automatic = quiet;
+        this.drop();
         // Reconnect pressed while an automatic retry was due: try now, and keep waiting if
         // that fails the same way (the broker still away, the VM still off).
         if (document.body.dataset.state === 'waiting' && !takeover) quiet = true;
         if (!quiet) this.retries = 0;
         if (!this.credential) return this.end(NO_SESSION);
-        if (this.expired) return this.end(EXPIRED);
+        // Past the page's own deadline only a person's Reconnect (or a reload) still tries:
+        // the broker says whether the session is over (4105).
+        if (automatic && this.expired) return this.timeUp();
         if (!quiet) this.hooks.setState('connecting', takeover ? 'Taking the console over…' : 'Connecting…');
         delete document.body.dataset.closeCode;
         const url = new URL('websockify', consoleDir);
@@ -113,13 +142,33 @@ export class PageLink {
         const first = (event) => this.received(ws, event, first);
         // Ours before the page's (and noVNC's) handlers: see closed().
         ws.addEventListener('close', (event) => this.closed(ws, event));
-        ws.addEventListener('open', () => ws.send(JSON.stringify(credential)));
+        ws.addEventListener('open', () => {
+            if (ws === this.socket) ws.send(JSON.stringify(credential));
+            else ws.close(1000);
+        });
         ws.addEventListener('message', first);
+    }
+
+    // A socket this page no longer wants (Reconnect pressed while an automatic retry was on
+    // its way): closed, so that the broker does not relay a session nobody reads (on a
+    // serial console it would hold the console against the page's own new socket).
+    drop() {
+        const ws = this.socket;
+        if (!ws) return;
+        this.socket = null;
+        if (this.attached === ws) {
+            this.attached = null;
+            this.hooks.closed({ code: 1000, reason: '' }, 'connecting');  // the page lets go of it
+        }
+        ws.close(1000);
     }
 
     received(ws, event, listener) {
         ws.removeEventListener('message', listener);
-        if (ws !== this.socket) return;
+        if (ws !== this.socket) {
+            ws.close(1000);  // a stale socket that got through after all
+            return;
+        }
         let info = null;
         try { info = typeof event.data === 'string' ? JSON.parse(event.data) : null; } catch { /* below */ }
         if (!info || info.type !== 'session' || !info.pass) {
@@ -128,8 +177,8 @@ export class PageLink {
         }
         this.info = info;
         this.credential = { pass: info.pass };
-        this.expires = Date.parse(info.expires_at) || 0;
-        save({ pass: info.pass, expires_at: info.expires_at });
+        this.expires = deadline(info);
+        save({ pass: info.pass, expires_at: info.expires_at, deadline: this.expires });
         // A console of the other kind (a hand-made URL): its page reconnects with the pass.
         if ((info.kind === 'serial') !== (this.kind === 'serial')) {
             this.socket = null;
@@ -137,8 +186,8 @@ export class PageLink {
             location.replace(new URL(info.kind === 'serial' ? 'terminal' : '', consoleDir));
             return;
         }
-        this.retries = 0;
         this.hooks.session(info);
+        this.attached = ws;
         this.hooks.attach(ws, info);
     }
 
@@ -153,6 +202,7 @@ export class PageLink {
     closed(ws, event) {
         if (ws !== this.socket) return;  // a socket from an earlier attempt
         this.socket = null;
+        this.attached = null;
         const waiting = document.body.dataset.state === 'waiting';
         let state = 'disconnected';
         let message = `Disconnected: ${this.hooks.describe(event)}`;
@@ -160,21 +210,18 @@ export class PageLink {
         if (FINAL.has(event.code) || (event.code === 4200 && this.expired)) {
             state = 'error';
             message = this.hooks.describe(event);
-        } else if (this.expired) {
-            state = 'error';
-            message = EXPIRED;
         } else if (VM_DOWN.has(event.code)) {
             state = 'waiting';
             message = VM_WAITING;
-            delay = VM_RETRY_MS;
+            delay = backoff(VM_RETRY_FIRST_MS, VM_RETRY_MAX_MS, this.retries);
         } else if (event.code === GOING_AWAY || event.code === RESTART || (waiting && event.code === LOST)) {
             state = 'waiting';
             message = waiting && document.body.dataset.waitingFor === 'vm' ? VM_WAITING : RESTARTING;
-            delay = RESTART_RETRY_MS[Math.min(this.retries, RESTART_RETRY_MS.length - 1)];
+            delay = backoff(RESTART_RETRY_FIRST_MS, RESTART_RETRY_MAX_MS, this.retries);
         }
         if (state === 'waiting' && this.expires && Date.now() + delay >= this.expires) {
-            state = 'error';
-            message = EXPIRED;
+            state = 'disconnected';  // no more automatic retries; Reconnect asks the broker
+            message = TIME_UP;
         }
         document.body.dataset.closeCode = String(event.code);
         if (state === 'waiting' && !(waiting && event.code === LOST)) {
@@ -199,8 +246,16 @@ export class PageLink {
         this.reconnect.hidden = true;
     }
 
-    // Connected: the screen is live again.
+    // The page's deadline passed while it waited: it stops retrying, a person may still try.
+    timeUp() {
+        delete document.body.dataset.waitingFor;
+        this.hooks.setState('disconnected', TIME_UP);
+        this.reconnect.hidden = false;
+    }
+
+    // Connected: the screen is live again, and the next wait starts from the first delay.
     live() {
+        this.retries = 0;
         delete document.body.dataset.waitingFor;
         this.reconnect.hidden = false;
         this.dim(false);

@@ -12,7 +12,7 @@
 // the soft keyboard or a real keyboard; tapped again, it lets go.
 
 import { MODIFIERS, NAMED, keysForChar } from './keys.js';
-import { keyQueue } from './keyqueue.js';
+import { KEY_QUEUE_MAX, keyQueue } from './keyqueue.js';
 
 const FILLER = '_'.repeat(64);
 // Keys the field's keydown sends itself (then no input event follows).
@@ -29,7 +29,12 @@ export function setupTouch(getRfb, focusScreen) {
     const row = $('extra-keys');
     const field = $('soft-keyboard');
     const latched = new Set();
-    const send = keyQueue(getRfb);
+    const note = $('scale-note');  // the page's note line (scaling.js, screenshot.js)
+    const queue = keyQueue(getRfb, (lost) => {
+        note.textContent = `Too many keys at once: ${lost} dropped (at most ${KEY_QUEUE_MAX} key events wait to be sent).`;
+        note.hidden = false;
+    });
+    const send = queue.send;
     let last = FILLER;
 
     function showLatched() {
@@ -145,6 +150,10 @@ export function setupTouch(getRfb, focusScreen) {
 
     return {
         sendKeys,
+        // A new connection: what was still queued for the old one is dropped.
+        attach() {
+            queue.clear();
+        },
         // Where keyboard focus belongs: the hidden field while the soft keyboard is on.
         focusTarget() {
             return keyboardOn() ? field : null;
