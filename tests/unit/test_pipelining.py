@@ -302,9 +302,9 @@ def test_a_pipelined_upgrade_that_never_completes_its_handshake_is_closed_withou
 ) -> None:
     """An upgrade with a body, which websockets refuses to parse and uvicorn never answers:
     pipelined, its head was in at once, so the handshake gets a deadline of its own, which
-    closes the connection and writes nothing. (Depending on how uvicorn's h11 protocol
-    meets the pipelined bytes, h11 may refuse them first with its own 400 "Invalid HTTP
-    request received." and close at once: also an end, with a reason.)"""
+    closes the connection and writes nothing. uvicorn 0.55 answers it instead, with
+    websockets' own 400 "Failed to open a WebSocket connection: invalid request." and a
+    close: also an end, and one with a reason."""
     upgrade = upgrade_head(console_target(broker), host="h").replace(b"\r\n\r\n", b"\r\nContent-Length: 5\r\n\r\nhello")
     conn.send(HEALTHZ + upgrade)
     assert conn.answer()[0] == 200
@@ -314,6 +314,6 @@ def test_a_pipelined_upgrade_that_never_completes_its_handshake_is_closed_withou
     while chunk := conn.sock.recv(65536):
         rest += chunk
     if rest:
-        assert rest.startswith(b"HTTP/1.1 400 ") and b"Invalid HTTP request" in rest, rest
+        assert rest.startswith(b"HTTP/1.1 400 ") and b"invalid request" in rest.lower(), rest
         return
     assert HEADER_TIMEOUT - 0.2 <= time.monotonic() - started <= HEADER_TIMEOUT + 1.0
