@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .report import targets_table
+
 CONTENDERS = ("broker", "vnc_lite")
 LINKS = {
     "loopback": "loopback",
@@ -228,12 +230,7 @@ def markdown(info: dict[str, Any], results: list[dict[str, Any]]) -> str:
         "",
         *table(m),
         "",
-        "| target | required | measured | met |",
-        "| --- | --- | ---: | --- |",
-    ]
-    lines += [
-        f"| {name} | {req} | {val} | {'yes' if ok else 'no' if ok is not None else '–'} |"
-        for name, req, val, ok in targets(m)
+        *targets_table(targets(m)),
     ]
     failed = failures(results)
     if failed:

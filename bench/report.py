@@ -220,6 +220,19 @@ def targets(m: dict) -> list[tuple[str, str, str, bool | None]]:
     return checks
 
 
+def targets_table(rows: list[tuple[str, str, str, bool | None]]) -> list[str]:
+    """Targets as a markdown table: met, not met, or – where the run could not tell."""
+    return [
+        "| target | required | measured | met |",
+        "| --- | --- | ---: | --- |",
+        *(f"| {name} | {req} | {val} | {_met(ok)} |" for name, req, val, ok in rows),
+    ]
+
+
+def _met(ok: bool | None) -> str:
+    return "yes" if ok else "no" if ok is not None else "–"
+
+
 def scaling(m: dict) -> list[tuple[int, dict]]:
     return sorted((int(w[4:]), arms) for w, arms in m.items() if w.startswith("conc"))
 
@@ -369,17 +382,7 @@ def write(out: Path, info: dict, results: list[dict]) -> None:
         f"Medians of {info['sizes']['reps']} repetition(s), each with a fresh relay process.",
         "",
     ]
-    lines += table(m) + [
-        "",
-        "## Targets (broker vs websockify, this run)",
-        "",
-        "| target | required | measured | met |",
-        "| --- | --- | ---: | --- |",
-    ]
-    lines += [
-        f"| {name} | {req} | {val} | {'yes' if ok else 'no' if ok is not None else '–'} |"
-        for name, req, val, ok in targets(m)
-    ]
+    lines += table(m) + ["", "## Targets (broker vs websockify, this run)", "", *targets_table(targets(m))]
     lines += [
         "",
         "## Downstream beside the least a relay can do (plain C forwarder, bench/relay.c)",
