@@ -217,19 +217,25 @@ def test_a_link_for_an_earlier_run_gives_no_pass(api, define_domain, vnc_server)
     assert len(api.broker.pages) == 0
 
 
+def a_page_that_opened_its_console(api: Any, define_domain: Any, vnc_server: Any) -> tuple[Any, str]:
+    """A domain whose console a page opened with its link, then closed: (domain, its pass)."""
+    from unit_support import vnc_graphics
+
+    domain = define_domain(vnc_graphics(vnc_server.port))
+    with page_socket(api.client, domain.UUIDString(), token=api.token_for(domain)) as ws:
+        pass_id = session_of(ws)["pass"]
+        assert ws.receive_bytes() == vnc_server.GREETING
+        end_from_the_vnc_side(ws, vnc_server)
+    return domain, pass_id
+
+
 def test_a_pass_for_a_domain_now_under_another_name_ends(api, define_domain, vnc_server) -> None:
     """The undefine event was missed (the broker was down) and the UUID came back under
     another name: not the VM the link was for."""
     from dataclasses import replace
 
-    from unit_support import vnc_graphics
-
-    domain = define_domain(vnc_graphics(vnc_server.port))
+    domain, pass_id = a_page_that_opened_its_console(api, define_domain, vnc_server)
     uuid = domain.UUIDString()
-    with page_socket(api.client, uuid, token=api.token_for(domain)) as ws:
-        pass_id = session_of(ws)["pass"]
-        assert ws.receive_bytes() == vnc_server.GREETING
-        end_from_the_vnc_side(ws, vnc_server)
     passes = api.broker.pages._passes
     [digest] = list(passes)
     passes[digest] = replace(passes[digest], name="the-vm-it-was")
@@ -245,14 +251,8 @@ def test_a_page_waiting_for_its_vm_is_on_record_once(api, define_domain, vnc_ser
     log and the audit trail: the first is, until a console opens again."""
     import logging
 
-    from unit_support import vnc_graphics
-
-    domain = define_domain(vnc_graphics(vnc_server.port))
+    domain, pass_id = a_page_that_opened_its_console(api, define_domain, vnc_server)
     uuid = domain.UUIDString()
-    with page_socket(api.client, uuid, token=api.token_for(domain)) as ws:
-        pass_id = session_of(ws)["pass"]
-        assert ws.receive_bytes() == vnc_server.GREETING
-        end_from_the_vnc_side(ws, vnc_server)
     domain.destroy()
     caplog.set_level(logging.DEBUG, logger="broker.app")
     for _retry in range(3):
