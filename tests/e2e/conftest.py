@@ -12,8 +12,9 @@ import libvirt
 import pytest
 
 from support import vms
-from support.nginx import Nginx, start_nginx
-from support.processes import BrokerProcess, start_broker
+from support.chromium import page_in_new_context
+from support.nginx import Nginx, broker_behind_nginx
+from support.processes import BrokerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -44,17 +45,8 @@ def tiny_vm(conn: libvirt.virConnect, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) -> Iterator[tuple[BrokerProcess, Nginx]]:
-    base = tmp_path_factory.mktemp("stack")
-    socket_path = base / "broker.sock"
-    broker = start_broker(base / "state", "--uds", str(socket_path))
-    try:
-        nginx = start_nginx(socket_path, base / "nginx")
-    except Exception:
-        broker.stop()
-        raise
-    yield broker, nginx
-    nginx.stop()
-    broker.stop()
+    with broker_behind_nginx(tmp_path_factory.mktemp("stack")) as both:
+        yield both
 
 
 # `browser` (one Chromium for the whole run) is in tests/conftest.py, shared with tests/fleet.
@@ -62,13 +54,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, conn: libvirt.virConnect) ->
 
 @pytest.fixture
 def page(browser) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1024, "height": 768})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.js_errors = errors
-    yield page
-    context.close()
+    with page_in_new_context(browser, viewport={"width": 1024, "height": 768}) as page:
+        yield page
 
 
 @pytest.fixture(scope="session")

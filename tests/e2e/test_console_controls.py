@@ -19,8 +19,8 @@ import libvirt
 import pytest
 
 from support import vms
-from support.nginx import Nginx
-from support.processes import BrokerProcess
+from support.chromium import page_in_new_context, wait_state, watch_errors
+from support.nginx import mint_through
 
 pytestmark = pytest.mark.e2e
 
@@ -28,23 +28,9 @@ VGA_SIZES = {(640, 480), (720, 400)}
 ESC = "\x1b"
 
 
-def mint(nginx: Nginx, broker: BrokerProcess, domain: str, **body: object) -> dict:
-    response = httpx.post(
-        f"{nginx.url}/novnc/api/v1/domains/{domain}/console",
-        headers={"Authorization": f"Bearer {broker.api_key}"},
-        json=body,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def wait_state(page, state: str, timeout: float = 20_000) -> None:
-    page.wait_for_selector(f"body[data-state='{state}']", timeout=timeout)
-
-
 def open_console(page, stack, dom: libvirt.virDomain, **body: object) -> None:
     broker, nginx = stack
-    page.goto(mint(nginx, broker, dom.name(), **body)["console_url"])
+    page.goto(mint_through(nginx, broker, dom.name(), **body)["console_url"])
     wait_state(page, "connected")
     page.wait_for_function("() => { const c = document.querySelector('#screen canvas'); return c && c.width > 0; }")
 
@@ -62,13 +48,8 @@ def got(serial: Path, line: str, timeout: float = 20.0) -> None:
 
 @pytest.fixture
 def phone(browser):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.js_errors = errors
-    yield page
-    context.close()
+    with page_in_new_context(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True) as page:
+        yield page
 
 
 # -- typing --------------------------------------------------------------------------------
@@ -362,8 +343,7 @@ def test_a_page_without_storage_still_works(stack, console_vm, browser) -> None:
     )
     try:
         page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        errors = watch_errors(page)
         open_console(page, stack, console_vm)
         page.select_option("#scale", "none")
         page.click("#settings-menu summary")

@@ -6,15 +6,15 @@ import socket
 import time
 from pathlib import Path
 
-import httpx
 import libvirt
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from support import vms
-from support.nginx import Nginx
-from support.processes import BrokerProcess, start_broker
+from support.chromium import wait_state
+from support.nginx import mint_through
+from support.processes import start_broker
 from support.rfb_client import handshake
 from support.wait import wait_until
 from support.ws import open_page
@@ -22,20 +22,6 @@ from support.ws import open_page
 pytestmark = pytest.mark.e2e
 
 VGA_SIZES = {(640, 480), (720, 400)}
-
-
-def mint(nginx: Nginx, broker: BrokerProcess, domain: str, **body: object) -> dict:
-    response = httpx.post(
-        f"{nginx.url}/novnc/api/v1/domains/{domain}/console",
-        headers={"Authorization": f"Bearer {broker.api_key}"},
-        json=body,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def wait_state(page, state: str, timeout: float = 20_000) -> None:
-    page.wait_for_selector(f"body[data-state='{state}']", timeout=timeout)
 
 
 def canvas_facts(page) -> dict:
@@ -52,7 +38,7 @@ def canvas_facts(page) -> dict:
 
 def test_link_opens_the_vm_screen_under_a_sub_path(stack, console_vm: libvirt.virDomain, page, artifacts: Path) -> None:
     broker, nginx = stack
-    link = mint(nginx, broker, console_vm.name())
+    link = mint_through(nginx, broker, console_vm.name())
     assert link["console_url"].startswith(f"{nginx.url}/novnc/console?token=")
     page.goto(link["console_url"])
     wait_state(page, "connected")
@@ -83,7 +69,7 @@ def test_phone_sized_viewport(stack, console_vm: libvirt.virDomain, browser, art
     context = browser.new_context(viewport={"width": 375, "height": 667}, is_mobile=True, has_touch=True)
     try:
         page = context.new_page()
-        page.goto(mint(nginx, broker, console_vm.name())["console_url"])
+        page.goto(mint_through(nginx, broker, console_vm.name())["console_url"])
         wait_state(page, "connected")
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= 375, f"page is {width}px wide on a 375px screen"
@@ -94,7 +80,7 @@ def test_phone_sized_viewport(stack, console_vm: libvirt.virDomain, browser, art
 
 def test_reload_and_reconnect_need_no_new_link(stack, console_vm: libvirt.virDomain, page) -> None:
     broker, nginx = stack
-    page.goto(mint(nginx, broker, console_vm.name())["console_url"])
+    page.goto(mint_through(nginx, broker, console_vm.name())["console_url"])
     wait_state(page, "connected")
     page.reload()
     wait_state(page, "connected")
@@ -134,10 +120,10 @@ def test_after_the_window_the_page_says_why(conn, console_vm: libvirt.virDomain,
 def test_dead_links_show_their_reason(stack, console_vm: libvirt.virDomain, page, how: str) -> None:
     broker, nginx = stack
     if how == "expired":
-        link = mint(nginx, broker, console_vm.name(), ttl=1)
+        link = mint_through(nginx, broker, console_vm.name(), ttl=1)
         time.sleep(1.3)  # the link's 1 s lifetime must run out; only opening it can tell (and spends it)
     else:
-        link = mint(nginx, broker, console_vm.name())
+        link = mint_through(nginx, broker, console_vm.name())
         with open_page(f"ws://127.0.0.1:{nginx.port}/novnc", link):  # another page opened it first
             pass
     page.goto(link["console_url"])
@@ -147,7 +133,7 @@ def test_dead_links_show_their_reason(stack, console_vm: libvirt.virDomain, page
 
 def test_websocket_from_another_origin_is_refused(stack, console_vm: libvirt.virDomain) -> None:
     broker, nginx = stack
-    link = mint(nginx, broker, console_vm.name())
+    link = mint_through(nginx, broker, console_vm.name())
     with connect(link["websocket_url"], origin="https://evil.example") as ws:
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
@@ -196,7 +182,7 @@ def test_keystrokes_reach_the_guest(stack, tiny_vm, page, artifacts: Path) -> No
     broker, nginx = stack
     dom, serial = tiny_vm
     vms.wait_for_line(str(serial), "TINY-GUEST-READY", timeout=90)
-    page.goto(mint(nginx, broker, dom.name())["console_url"])
+    page.goto(mint_through(nginx, broker, dom.name())["console_url"])
     wait_state(page, "connected")
     page.click("#screen canvas")
     page.keyboard.type("hello broker", delay=30)
@@ -212,7 +198,7 @@ def test_a_view_only_page_shows_the_screen_and_typing_changes_nothing(stack, tin
     broker, nginx = stack
     dom, serial = tiny_vm
     vms.wait_for_line(str(serial), "TINY-GUEST-READY", timeout=90)
-    page.goto(mint(nginx, broker, dom.name(), mode="view-only")["console_url"])
+    page.goto(mint_through(nginx, broker, dom.name(), mode="view-only")["console_url"])
     wait_state(page, "connected")
     assert page.is_visible("#view-only-badge")
     assert page.get_attribute("body", "data-mode") == "view-only"
@@ -223,7 +209,7 @@ def test_a_view_only_page_shows_the_screen_and_typing_changes_nothing(stack, tin
     page.keyboard.type("view only typed", delay=30)
     page.keyboard.press("Enter")
     # The interactive control on the same guest: a line typed through a normal link arrives.
-    with connect(mint(nginx, broker, dom.name())["websocket_url"]) as ws:
+    with connect(mint_through(nginx, broker, dom.name())["websocket_url"]) as ws:
         handshake(ws)
         for keysym in [*b"control typed", 0xFF0D]:
             ws.send(bytes([4, 1, 0, 0]) + keysym.to_bytes(4, "big") + bytes([4, 0, 0, 0]) + keysym.to_bytes(4, "big"))

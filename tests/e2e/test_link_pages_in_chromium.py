@@ -18,25 +18,12 @@ import libvirt
 import pytest
 
 from support import vms
-from support.nginx import Nginx, start_nginx
+from support.chromium import wait_state, watch_errors
+from support.nginx import Nginx, broker_behind_nginx, mint_through, start_nginx
 from support.processes import BrokerProcess, start_broker
 from support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def mint(nginx: Nginx, broker: BrokerProcess, domain: str) -> dict:
-    response = httpx.post(
-        f"{nginx.url}/novnc/api/v1/domains/{domain}/console",
-        headers={"Authorization": f"Bearer {broker.api_key}"},
-        timeout=15,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def wait_state(page, state: str, timeout: float = 20_000) -> None:
-    page.wait_for_selector(f"body[data-state='{state}']", timeout=timeout)
 
 
 def colours(frame) -> int:
@@ -101,18 +88,8 @@ def panels() -> Iterator[tuple[Panel, Panel]]:
 def embeddable(tmp_path_factory: pytest.TempPathFactory, panels) -> Iterator[tuple[BrokerProcess, Nginx]]:
     """A broker (behind nginx on /novnc/) whose frame_ancestors names the allowed panel."""
     base = tmp_path_factory.mktemp("embeddable")
-    socket_path = base / "broker.sock"
-    broker = start_broker(
-        base / "state", "--uds", str(socket_path), extra_env={"BROKER_FRAME_ANCESTORS": panels[0].origin}
-    )
-    try:
-        nginx = start_nginx(socket_path, base / "nginx")
-    except Exception:
-        broker.stop()
-        raise
-    yield broker, nginx
-    nginx.stop()
-    broker.stop()
+    with broker_behind_nginx(base, extra_env={"BROKER_FRAME_ANCESTORS": panels[0].origin}) as both:
+        yield both
 
 
 def on_localhost(url: str) -> str:
@@ -123,7 +100,7 @@ def on_localhost(url: str) -> str:
 
 def test_a_link_a_previewer_fetched_first_still_opens(stack, console_vm: libvirt.virDomain, page) -> None:
     broker, nginx = stack
-    link = mint(nginx, broker, console_vm.name())
+    link = mint_through(nginx, broker, console_vm.name(), timeout=15)
     preview = httpx.get(link["console_url"], timeout=10, headers={"User-Agent": "Slackbot-LinkExpanding 1.0"})
     assert preview.status_code == 200
     page.goto(link["console_url"])
@@ -151,9 +128,8 @@ def test_an_allowed_panel_embeds_the_console_with_third_party_cookies_blocked(
         assert "probe=1" in first_party.evaluate("() => document.cookie")
 
         page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(allowed.url(on_localhost(mint(nginx, broker, console_vm.name())["console_url"])))
+        errors = watch_errors(page)
+        page.goto(allowed.url(on_localhost(mint_through(nginx, broker, console_vm.name(), timeout=15)["console_url"])))
         frame = page.frame_locator("#console")
         frame.locator("body[data-state='connected']").wait_for(timeout=20_000)
         console = next(f for f in page.frames if f.url.startswith(broker_origin))
@@ -172,7 +148,7 @@ def test_another_panel_is_refused_and_the_link_stays_unspent(
 ) -> None:
     broker, nginx = embeddable
     _allowed, other = panels
-    link = mint(nginx, broker, console_vm.name())
+    link = mint_through(nginx, broker, console_vm.name(), timeout=15)
     sessions_before = broker.log().count("exchanged for a page session")
     page.goto(other.url(link["console_url"]))
     page.wait_for_timeout(1500)  # time enough for a page that would run to spend the link
@@ -190,7 +166,7 @@ def test_the_page_reconnects_by_itself_after_a_broker_restart(
     broker = start_broker(tmp_path / "state", "--uds", str(socket_path))
     nginx = start_nginx(socket_path, tmp_path / "nginx")
     try:
-        page.goto(mint(nginx, broker, console_vm.name())["console_url"])
+        page.goto(mint_through(nginx, broker, console_vm.name(), timeout=15)["console_url"])
         wait_state(page, "connected")
         broker.stop()  # SIGTERM
         wait_state(page, "waiting", timeout=5_000)
@@ -215,7 +191,7 @@ def test_a_vm_stopped_and_started_again_is_reconnected(stack, conn: libvirt.virC
     broker, nginx = stack
     dom = vms.define(conn, "broker-test-e2e-rerun", vms.TCP)
     try:
-        page.goto(mint(nginx, broker, dom.name())["console_url"])
+        page.goto(mint_through(nginx, broker, dom.name(), timeout=15)["console_url"])
         wait_state(page, "connected")
         wait_drawn(page)
         dom.destroy()

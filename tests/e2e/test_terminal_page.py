@@ -20,6 +20,7 @@ import libvirt
 import pytest
 
 from support import vms
+from support.chromium import page_in_new_context, wait_state
 from support.fake_serial import PASS, TOKEN, FakeSerial, fake_serial
 from support.processes import start_broker
 from support.xterm import terminal_text
@@ -28,10 +29,6 @@ pytestmark = pytest.mark.e2e
 
 PROMPT = "tiny# "  # the tiny guest's shell on ttyS0 (contrib/tiny-guest.sh)
 PROMPT_TIMEOUT = 90  # it boots a kernel under TCG
-
-
-def wait_state(page, state: str, timeout: float = 20_000) -> None:
-    page.wait_for_selector(f"body[data-state='{state}']", timeout=timeout)
 
 
 def wait_text(page, pattern: str, timeout: float = 15.0) -> str:
@@ -75,14 +72,9 @@ def fake() -> Iterator[FakeSerial]:
 @pytest.fixture
 def fresh_page(browser) -> Iterator[object]:
     """A page in its own context, with clipboard access for copy tests."""
-    context = browser.new_context(viewport={"width": 1024, "height": 768})
-    context.grant_permissions(["clipboard-read", "clipboard-write"])
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.js_errors = errors
-    yield page
-    context.close()
+    permissions = ("clipboard-read", "clipboard-write")
+    with page_in_new_context(browser, viewport={"width": 1024, "height": 768}, permissions=permissions) as page:
+        yield page
 
 
 # -- the page against the stand-in ---------------------------------------------------------

@@ -22,6 +22,7 @@ from websockets.sync.client import connect
 
 from broker.web.assets import WebFiles
 from support.certs import Pair, client_context, issue, make_ca
+from support.chromium import wait_state
 from support.fleet import BROKER_PORT, Fleet, links, namespaces
 from support.xterm import terminal_text
 
@@ -78,10 +79,6 @@ def mint_with_cli(fleet: Fleet, host: str, domain: str, *args: str) -> dict:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def wait_state(page, state: str, timeout: float = 20_000) -> None:
-    page.wait_for_selector(f"body[data-state='{state}']", timeout=timeout)
 
 
 def screen(page) -> dict:

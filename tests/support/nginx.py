@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from .processes import free_port
+from .processes import BrokerProcess, free_port, start_broker
 
 CONTRIB_CONF = Path(__file__).resolve().parents[2] / "contrib" / "nginx" / "vm-console-broker.conf"
 
@@ -98,3 +101,35 @@ http {{
                 process.kill()
                 raise RuntimeError("nginx did not come up in 10 s") from None
             time.sleep(0.05)
+
+
+def mint_through(
+    nginx: Nginx, broker: BrokerProcess, domain: str, *, timeout: float = 5.0, **body: object
+) -> dict[str, Any]:
+    """A console link for `domain`, asked for over REST through nginx (201, or the test fails)."""
+    response = httpx.post(
+        f"{nginx.url}/novnc/api/v1/domains/{domain}/console",
+        headers={"Authorization": f"Bearer {broker.api_key}"},
+        json=body,
+        timeout=timeout,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+@contextmanager
+def broker_behind_nginx(base: Path, **broker_options: Any) -> Iterator[tuple[BrokerProcess, Nginx]]:
+    """A broker on a UNIX socket under `base`, served by nginx on /novnc/ (start_broker's
+    keyword options pass through); both stopped afterwards."""
+    socket_path = base / "broker.sock"
+    broker = start_broker(base / "state", "--uds", str(socket_path), **broker_options)
+    try:
+        nginx = start_nginx(socket_path, base / "nginx")
+    except Exception:
+        broker.stop()
+        raise
+    try:
+        yield broker, nginx
+    finally:
+        nginx.stop()
+        broker.stop()
